@@ -1,0 +1,402 @@
+/// @file transformer_block.hpp
+/// @brief The shared Transformer block, templated on the attention mechanism, and a stack of
+/// blocks. Any type that models attention_mechanism drops in unchanged.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "attention_mask.hpp"
+#include "concepts.hpp"
+#include "detail/random.hpp"
+#include "detail/validate.hpp"
+#include "error.hpp"
+#include "types.hpp"
+
+namespace performer {
+
+/// Where LayerNorm sits: before each sublayer (pre-LN, the default: stable without warm-up) or
+/// after each residual sum (post-LN, the original Transformer).
+enum class norm_placement { pre, post };
+
+/// Non-linearity of the feed-forward sublayer.
+enum class activation { gelu, relu };
+
+/// Shape and options of a transformer_block.
+struct block_config {
+  index d_model = 0;       ///< model width; must be a positive multiple of `heads`
+  index heads = 1;         ///< attention heads; head width is d_model / heads
+  index d_ff = 0;          ///< feed-forward width; 0 means 4 * d_model
+  bool causal = false;     ///< decoder-only (causal) when true, encoder (bidirectional) when false
+  norm_placement norm = norm_placement::pre;
+  activation ffn_activation = activation::gelu;
+  double layer_norm_eps = 1e-5;
+};
+
+/**
+ * @brief Trainable parameters of one block. Linear maps act on row vectors: y = x W + b, so
+ * W is (inputs x outputs), the transpose of PyTorch's nn.Linear weight.
+ */
+template <real_scalar T>
+struct block_parameters {
+  row_matrix<T> w_q, w_k, w_v, w_o;  ///< d_model x d_model
+  row_vector<T> b_q, b_k, b_v, b_o;  ///< 1 x d_model
+  row_vector<T> norm1_gain, norm1_bias, norm2_gain, norm2_bias;  ///< 1 x d_model
+  row_matrix<T> w_ff1;  ///< d_model x d_ff
+  row_vector<T> b_ff1;  ///< 1 x d_ff
+  row_matrix<T> w_ff2;  ///< d_ff x d_model
+  row_vector<T> b_ff2;  ///< 1 x d_model
+};
+
+namespace detail {
+
+/// Row-wise LayerNorm: out_i = (x_i - mean_i) / sqrt(var_i + eps) * gain + bias.
+template <class T, class In, class Out>
+void layer_norm(const In& x, const row_vector<T>& gain, const row_vector<T>& bias, T eps,
+                Out&& out) {
+  const T inv_d = T(1) / static_cast<T>(x.cols());
+  for (index i = 0; i < x.rows(); ++i) {
+    const T mean = x.row(i).sum() * inv_d;
+    const T var = (x.row(i).array() - mean).square().sum() * inv_d;
+    const T inv_std = T(1) / std::sqrt(var + eps);
+    out.row(i) = ((x.row(i).array() - mean) * inv_std * gain.array() + bias.array()).matrix();
+  }
+}
+
+template <class T, class M>
+void apply_activation(activation act, M&& m) {
+  if (act == activation::relu) {
+    m = m.cwiseMax(T(0));
+  } else {  // exact GELU, x Phi(x)
+    const T inv_sqrt2 = T(1) / std::sqrt(T(2));
+    m = m.unaryExpr([inv_sqrt2](T x) { return T(0.5) * x * (T(1) + std::erf(x * inv_sqrt2)); });
+  }
+}
+
+template <class T>
+void fill_uniform(row_matrix<T>& w, index rows, index cols, xoshiro256ss& rng) {
+  // Xavier/Glorot uniform: keeps activations' variance across layers at initialisation.
+  const double bound = std::sqrt(6.0 / static_cast<double>(rows + cols));
+  w.resize(rows, cols);
+  for (index i = 0; i < rows; ++i) {
+    for (index j = 0; j < cols; ++j) w(i, j) = static_cast<T>((2.0 * rng.uniform() - 1.0) * bound);
+  }
+}
+
+}  // namespace detail
+
+/**
+ * @brief One Transformer layer: multi-head self-attention through `Attention`, LayerNorm,
+ * a two-layer feed-forward sublayer and residual connections. Inference forward pass.
+ *
+ * Pre-LN: y = x + MHA(LN1(x)); y = y + FFN(LN2(y)). Post-LN: y = LN1(x + MHA(x));
+ * y = LN2(y + FFN(y)). Heads are zero-copy column slices of the projected Q, K, V; every head
+ * uses the same mechanism object (for FAVOR+: the same random features, as in the Performer).
+ *
+ * Complexity for N tokens, width D, F = d_ff, h heads: time O(N D^2 + N D F) for the
+ * projections plus h times the mechanism's cost at head width D/h; workspace O(N D) plus the
+ * mechanism's workspace plus O(B F) for the feed-forward, which runs in row blocks of B = 256.
+ *
+ * forward() is const and keeps no state: one block can be shared by threads, each passing its
+ * own workspace.
+ *
+ * @tparam Attention a model of attention_mechanism; its scalar is the block's scalar.
+ */
+template <attention_mechanism Attention>
+class transformer_block {
+ public:
+  using attention_type = Attention;
+  using scalar_type = typename Attention::scalar_type;
+  using parameters_type = block_parameters<scalar_type>;
+
+  /// Scratch memory of forward(); reuse it across calls of the same shapes.
+  struct workspace_type {
+    row_matrix<scalar_type> normed, q, k, v, context, hidden;
+    typename Attention::workspace_type attention;
+  };
+
+  /**
+   * @param config widths and options.
+   * @param attention the mechanism, configured for head width d_model / heads.
+   * @param seed initialises the parameters deterministically (Xavier-uniform weights, zero
+   * biases, unit LayerNorm gains): the same seed gives the same bits on every platform.
+   * @throws performer::invalid_argument if d_model or heads is not positive, heads does not
+   * divide d_model, d_ff is negative, or layer_norm_eps is not positive and finite.
+   */
+  transformer_block(const block_config& config, Attention attention, std::uint64_t seed = 0)
+      : config_(validated(config)), attention_(std::move(attention)) {
+    using T = scalar_type;
+    const index d = config_.d_model;
+    const index f = config_.d_ff;
+    detail::xoshiro256ss rng(seed);
+    for (auto* w : {&params_.w_q, &params_.w_k, &params_.w_v, &params_.w_o}) {
+      detail::fill_uniform(*w, d, d, rng);
+    }
+    detail::fill_uniform(params_.w_ff1, d, f, rng);
+    detail::fill_uniform(params_.w_ff2, f, d, rng);
+    for (auto* b : {&params_.b_q, &params_.b_k, &params_.b_v, &params_.b_o, &params_.norm1_bias,
+                    &params_.norm2_bias, &params_.b_ff2}) {
+      *b = row_vector<T>::Zero(d);
+    }
+    params_.b_ff1 = row_vector<T>::Zero(f);
+    params_.norm1_gain = row_vector<T>::Ones(d);
+    params_.norm2_gain = row_vector<T>::Ones(d);
+  }
+
+  [[nodiscard]] const block_config& config() const noexcept { return config_; }
+  [[nodiscard]] const Attention& attention() const noexcept { return attention_; }
+  /// Mutable access, e.g. to redraw FAVOR+ features between training steps.
+  [[nodiscard]] Attention& attention() noexcept { return attention_; }
+  [[nodiscard]] const parameters_type& parameters() const noexcept { return params_; }
+
+  /**
+   * @brief Replaces all parameters (e.g. trained weights).
+   * @throws performer::invalid_argument naming the first parameter whose shape differs from the
+   * config or which holds a non-finite value.
+   */
+  void set_parameters(parameters_type p) {
+    const index d = config_.d_model;
+    const index f = config_.d_ff;
+    const auto check = [](const char* name, const auto& m, index rows, index cols) {
+      PERFORMER_PRECONDITION(m.rows() == rows && m.cols() == cols,
+                             "transformer_block::set_parameters: ", name, " is ", m.rows(), "x",
+                             m.cols(), ", expected ", rows, "x", cols);
+      detail::require_finite("transformer_block::set_parameters", name, m);
+    };
+    check("w_q", p.w_q, d, d);
+    check("w_k", p.w_k, d, d);
+    check("w_v", p.w_v, d, d);
+    check("w_o", p.w_o, d, d);
+    check("b_q", p.b_q, 1, d);
+    check("b_k", p.b_k, 1, d);
+    check("b_v", p.b_v, 1, d);
+    check("b_o", p.b_o, 1, d);
+    check("norm1_gain", p.norm1_gain, 1, d);
+    check("norm1_bias", p.norm1_bias, 1, d);
+    check("norm2_gain", p.norm2_gain, 1, d);
+    check("norm2_bias", p.norm2_bias, 1, d);
+    check("w_ff1", p.w_ff1, d, f);
+    check("b_ff1", p.b_ff1, 1, f);
+    check("w_ff2", p.w_ff2, f, d);
+    check("b_ff2", p.b_ff2, 1, d);
+    params_ = std::move(p);
+  }
+
+  /**
+   * @brief y = block(x) for one sequence.
+   * @param x N x d_model input. @param y N x d_model output, sized by the caller, not
+   * overlapping x. @param key_mask empty, or one entry per token (0 = padding).
+   * @param ws scratch memory.
+   * @throws performer::invalid_argument on an empty or non-finite x, a width other than
+   * d_model, a mask of the wrong length, aliasing, or anything the mechanism rejects.
+   */
+  void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
+               std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    using T = scalar_type;
+    constexpr const char* who = "transformer_block::forward";
+    const index n = x.rows();
+    const index d = config_.d_model;
+    PERFORMER_PRECONDITION(n > 0, who, ": empty sequence (x is ", detail::shape(x), ")");
+    PERFORMER_PRECONDITION(x.cols() == d, who, ": x is ", detail::shape(x),
+                           " but d_model is ", d);
+    PERFORMER_PRECONDITION(y.rows() == n && y.cols() == d, who, ": y is ", detail::shape(y),
+                           ", expected ", n, "x", d);
+    PERFORMER_PRECONDITION(key_mask.empty() || key_mask.size() == static_cast<std::size_t>(n),
+                           who, ": key_mask has ", key_mask.size(), " entries, expected ", n,
+                           " (one per token) or none");
+    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
+    detail::require_finite(who, "x", x);
+
+    const T eps = static_cast<T>(config_.layer_norm_eps);
+    const bool pre = config_.norm == norm_placement::pre;
+    ws.normed.resize(n, d);
+    if (pre) detail::layer_norm(x, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
+    attend(pre ? const_matrix_ref<T>(ws.normed) : x, key_mask, ws);
+
+    // Residual around attention: y = x + context W_o + b_o.
+    y.noalias() = ws.context * params_.w_o;
+    y.rowwise() += params_.b_o;
+    y += x;
+    if (!pre) {
+      detail::layer_norm(y, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
+      y = ws.normed;
+    }
+    feed_forward(y, ws);
+    detail::require_finite_result(who, y);
+  }
+
+  /// Convenience overload that allocates the result and a workspace.
+  [[nodiscard]] row_matrix<scalar_type> forward(const const_matrix_ref<scalar_type>& x,
+                                                std::span<const std::uint8_t> key_mask = {}) const {
+    row_matrix<scalar_type> y(x.rows(), x.cols());
+    workspace_type ws;
+    forward(x, y, key_mask, ws);
+    return y;
+  }
+
+ private:
+  static constexpr index ffn_rows = 256;
+
+  static block_config validated(block_config c) {
+    constexpr const char* who = "transformer_block";
+    PERFORMER_PRECONDITION(c.d_model > 0, who, ": d_model must be positive (got ", c.d_model, ")");
+    PERFORMER_PRECONDITION(c.heads > 0, who, ": heads must be positive (got ", c.heads, ")");
+    PERFORMER_PRECONDITION(c.d_model % c.heads == 0, who, ": heads (", c.heads,
+                           ") does not divide d_model (", c.d_model, ")");
+    PERFORMER_PRECONDITION(c.d_ff >= 0, who, ": d_ff must be >= 0 (got ", c.d_ff, ")");
+    PERFORMER_PRECONDITION(std::isfinite(c.layer_norm_eps) && c.layer_norm_eps > 0, who,
+                           ": layer_norm_eps must be positive and finite (got ",
+                           c.layer_norm_eps, ")");
+    if (c.d_ff == 0) c.d_ff = 4 * c.d_model;
+    return c;
+  }
+
+  /// Multi-head attention of `h` into ws.context (before the output projection).
+  void attend(const const_matrix_ref<scalar_type>& h, std::span<const std::uint8_t> key_mask,
+              workspace_type& ws) const {
+    const index n = h.rows();
+    const index d = config_.d_model;
+    const index dh = d / config_.heads;
+    ws.q.resize(n, d);
+    ws.k.resize(n, d);
+    ws.v.resize(n, d);
+    ws.context.resize(n, d);
+    ws.q.noalias() = h * params_.w_q;
+    ws.q.rowwise() += params_.b_q;
+    ws.k.noalias() = h * params_.w_k;
+    ws.k.rowwise() += params_.b_k;
+    ws.v.noalias() = h * params_.w_v;
+    ws.v.rowwise() += params_.b_v;
+    const attention_mask mask{config_.causal, key_mask};
+    for (index head = 0; head < config_.heads; ++head) {
+      const index c0 = head * dh;
+      attention_.forward(ws.q.middleCols(c0, dh), ws.k.middleCols(c0, dh),
+                         ws.v.middleCols(c0, dh), ws.context.middleCols(c0, dh), mask,
+                         ws.attention);
+    }
+  }
+
+  /// y += FFN(norm(y)) in row blocks, so the N x d_ff activation never exists at once.
+  void feed_forward(matrix_ref<scalar_type> y, workspace_type& ws) const {
+    using T = scalar_type;
+    const index n = y.rows();
+    const T eps = static_cast<T>(config_.layer_norm_eps);
+    const bool pre = config_.norm == norm_placement::pre;
+    for (index r0 = 0; r0 < n; r0 += ffn_rows) {
+      const index rows = std::min(ffn_rows, n - r0);
+      auto block = y.middleRows(r0, rows);
+      auto normed = ws.normed.topRows(rows);
+      if (pre) {
+        detail::layer_norm(block, params_.norm2_gain, params_.norm2_bias, eps, normed);
+      } else {
+        normed = block;
+      }
+      ws.hidden.resize(rows, config_.d_ff);
+      ws.hidden.noalias() = normed * params_.w_ff1;
+      ws.hidden.rowwise() += params_.b_ff1;
+      detail::apply_activation<T>(config_.ffn_activation, ws.hidden);
+      block.noalias() += ws.hidden * params_.w_ff2;
+      block.rowwise() += params_.b_ff2;
+      if (!pre) {
+        detail::layer_norm(block, params_.norm2_gain, params_.norm2_bias, eps, normed);
+        block = normed;
+      }
+    }
+  }
+
+  block_config config_;
+  Attention attention_;
+  parameters_type params_;
+};
+
+/**
+ * @brief A stack of transformer blocks (an encoder, or a decoder-only model when causal), with a
+ * final LayerNorm in the pre-LN arrangement. Each layer gets its own seed derived from the
+ * stack's seed and its own copy of the mechanism, made by `make_attention(layer)`.
+ *
+ * Complexity: layers times that of one block; workspace that of one block plus one N x d_model
+ * buffer (layers run in place through two buffers).
+ */
+template <attention_mechanism Attention>
+class transformer_stack {
+ public:
+  using block_type = transformer_block<Attention>;
+  using scalar_type = typename Attention::scalar_type;
+
+  struct workspace_type {
+    row_matrix<scalar_type> buffer;
+    typename block_type::workspace_type block;
+  };
+
+  /**
+   * @param make_attention callable index -> Attention, called once per layer (so that, e.g.,
+   * each FAVOR+ layer draws its own features).
+   * @throws performer::invalid_argument if layers is not positive, or as transformer_block.
+   */
+  template <class Make>
+    requires std::is_invocable_r_v<Attention, Make&, index>
+  transformer_stack(const block_config& config, index layers, Make make_attention,
+                    std::uint64_t seed = 0) {
+    PERFORMER_PRECONDITION(layers > 0, "transformer_stack: layers must be positive (got ", layers,
+                           ")");
+    blocks_.reserve(static_cast<std::size_t>(layers));
+    for (index l = 0; l < layers; ++l) {
+      blocks_.emplace_back(config, make_attention(l),
+                           detail::derive_seed(seed, static_cast<std::uint64_t>(l)));
+    }
+    final_gain_ = row_vector<scalar_type>::Ones(blocks_.front().config().d_model);
+    final_bias_ = row_vector<scalar_type>::Zero(blocks_.front().config().d_model);
+  }
+
+  /// Same mechanism (copied) in every layer.
+  transformer_stack(const block_config& config, index layers, const Attention& attention,
+                    std::uint64_t seed = 0)
+      : transformer_stack(config, layers, [&attention](index) { return attention; }, seed) {}
+
+  [[nodiscard]] index layers() const noexcept { return static_cast<index>(blocks_.size()); }
+  [[nodiscard]] const block_type& layer(index l) const { return blocks_.at(static_cast<std::size_t>(l)); }
+  [[nodiscard]] block_type& layer(index l) { return blocks_.at(static_cast<std::size_t>(l)); }
+
+  /// Runs every layer, then the final LayerNorm (pre-LN only). Same contract as the block's.
+  void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
+               std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    const auto& cfg = blocks_.front().config();
+    ws.buffer.resize(x.rows(), x.cols());
+    // Layer l writes into y when (layers - l) is odd, so that the last layer writes y.
+    bool into_y = blocks_.size() % 2 == 1;
+    blocks_.front().forward(x, into_y ? y : matrix_ref<scalar_type>(ws.buffer), key_mask,
+                            ws.block);
+    for (std::size_t l = 1; l < blocks_.size(); ++l) {
+      if (into_y) {
+        blocks_[l].forward(y, ws.buffer, key_mask, ws.block);
+      } else {
+        blocks_[l].forward(ws.buffer, y, key_mask, ws.block);
+      }
+      into_y = !into_y;
+    }
+    if (cfg.norm == norm_placement::pre) {
+      ws.buffer = y;
+      detail::layer_norm(ws.buffer, final_gain_, final_bias_,
+                         static_cast<scalar_type>(cfg.layer_norm_eps), y);
+    }
+  }
+
+  [[nodiscard]] row_matrix<scalar_type> forward(const const_matrix_ref<scalar_type>& x,
+                                                std::span<const std::uint8_t> key_mask = {}) const {
+    row_matrix<scalar_type> y(x.rows(), x.cols());
+    workspace_type ws;
+    forward(x, y, key_mask, ws);
+    return y;
+  }
+
+ private:
+  std::vector<block_type> blocks_;
+  row_vector<scalar_type> final_gain_, final_bias_;
+};
+
+}  // namespace performer
