@@ -49,7 +49,7 @@ class tiled_softmax_attention {
    * @param key_block keys per tile (B_k > 0).
    * @throws performer::invalid_argument if a block size is not positive.
    */
-  explicit tiled_softmax_attention(index query_block = 128, index key_block = 512)
+  explicit tiled_softmax_attention(index query_block = 256, index key_block = 512)
       : query_block_(query_block), key_block_(key_block) {
     PERFORMER_PRECONDITION(query_block > 0 && key_block > 0,
                            "tiled_softmax_attention: tile sizes must be positive (got ",
