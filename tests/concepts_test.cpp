@@ -20,7 +20,7 @@ static_assert(performer::attention_mechanism<performer::test::mean_attention<flo
 
 struct no_workspace {
   using scalar_type = float;
-  static constexpr bool supports_causal = false;
+  [[maybe_unused]] static constexpr bool supports_causal = false;
   void forward(const const_matrix_ref<float>&, const const_matrix_ref<float>&,
                const const_matrix_ref<float>&, matrix_ref<float>, const attention_mask&) const {}
 };
@@ -29,7 +29,7 @@ static_assert(!performer::attention_mechanism<no_workspace>);
 struct integer_scalar {
   using scalar_type = int;
   struct workspace_type {};
-  static constexpr bool supports_causal = false;
+  [[maybe_unused]] static constexpr bool supports_causal = false;
 };
 static_assert(!performer::attention_mechanism<integer_scalar>);
 
