@@ -334,8 +334,11 @@ class transformer_stack {
   };
 
   /**
+   * @param config shape and options shared by every layer.
+   * @param layers number of blocks (> 0).
    * @param make_attention callable index -> Attention, called once per layer (so that, e.g.,
    * each FAVOR+ layer draws its own features).
+   * @param seed layer l is initialised from detail::derive_seed(seed, l).
    * @throws performer::invalid_argument if layers is not positive, or as transformer_block.
    */
   template <class Make>
