@@ -30,6 +30,8 @@ struct kernel_info {
   std::function<double(index n, index d)> extra_bytes;
   std::function<workload(index n, index d)> make;
   bool quadratic = false;
+  /// Longest N the quick sweep runs this kernel at (keeps the quick mode near a minute).
+  index quick_max_n = 16384;
 };
 
 /// Q, K, V and the output of one head, owned together.
@@ -118,7 +120,7 @@ inline std::vector<kernel_info> all_kernels() {
        true},
       {"block_tiled", "transformer block (d_model 512, 8 heads) with tiled exact attention",
        [](index n, index) { return 6.0 * static_cast<double>(n) * 512.0 * sizeof(T); },
-       [](index n, index) { return block_workload(tiled_softmax_attention<T>{}, n); }, true},
+       [](index n, index) { return block_workload(tiled_softmax_attention<T>{}, n); }, true, 4096},
   };
 }
 

@@ -197,9 +197,9 @@ int main(int argc, char** argv) {
   }
   const auto kernels = performer::bench::all_kernels();
   if (only.empty()) {
-    only = full ? std::vector<std::string>{"gemm", "softmax", "tiled", "tiled_causal", "block_tiled"}
-                : std::vector<std::string>{"gemm", "softmax", "tiled", "tiled_causal", "block_tiled"};
+    for (const auto& k : kernels) only.push_back(k.name);
   }
+  const bool lengths_given = !lengths.empty();
   if (lengths.empty()) {
     lengths = full ? std::vector<idx>{256, 1024, 4096, 16384, 65536}
                    : std::vector<idx>{1024, 4096, 16384};
@@ -209,7 +209,10 @@ int main(int argc, char** argv) {
   std::vector<std::pair<std::string, idx>> plan;
   for (const auto& name : only) {
     static_cast<void>(find_kernel(kernels, name));
-    for (const idx n : lengths) plan.emplace_back(name, n);
+    const idx quick_max = find_kernel(kernels, name).quick_max_n;
+    for (const idx n : lengths) {
+      if (full || n <= quick_max || lengths_given) plan.emplace_back(name, n);
+    }
   }
 
   std::cout << "performer_sweep: " << (full ? "full" : "quick") << " run, d = " << d
