@@ -4,6 +4,7 @@
 /// purpose: their algorithms are unspecified and differ between libstdc++ and libc++.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace performer::detail {
@@ -53,5 +54,45 @@ class xoshiro256ss {
   }
   std::uint64_t s_[4]{};
 };
+
+/**
+ * Natural logarithm of x > 0 built only from frexp, +, -, *, / and explicit std::fma, so its
+ * bits do not depend on the compiler, the C library (glibc picks CPU-specific log variants) or
+ * floating-point contraction. log x = e ln 2 + 2 atanh(s) with x = m 2^e, m in [sqrt(1/2),
+ * sqrt(2)), s = (m - 1)/(m + 1), |s| <= 0.172; the atanh series to s^21 leaves a relative
+ * error below 1e-17 before rounding. Accurate to a few ulp (checked against std::log).
+ */
+[[nodiscard]] inline double portable_log(double x) noexcept {
+  int e = 0;
+  double m = std::frexp(x, &e);  // exact: x = m 2^e, m in [0.5, 1)
+  if (m < 0.70710678118654752440) {
+    m *= 2.0;  // exact
+    --e;
+  }
+  const double f = m - 1.0;  // exact (Sterbenz)
+  const double s = f / (2.0 + f);
+  const double t = s * s;
+  double p = 1.0 / 21.0;  // sum_k t^k / (2k + 1), k = 0..10, by Horner's rule
+  for (int k = 9; k >= 0; --k) p = std::fma(p, t, 1.0 / (2.0 * k + 1.0));
+  const double log_m = 2.0 * s * p;
+  constexpr double ln2_hi = 6.93147180369123816490e-01;  // high bits of ln 2 (exact times e)
+  constexpr double ln2_lo = 1.90821492927058770002e-10;
+  const double de = static_cast<double>(e);
+  return std::fma(de, ln2_hi, std::fma(de, ln2_lo, log_m));
+}
+
+/**
+ * Standard normal deviate by Marsaglia's polar method over xoshiro256**, portable bit for bit
+ * (portable_log, sqrt and explicit fma only; the second deviate of each pair is discarded so
+ * that the function is stateless).
+ */
+[[nodiscard]] inline double standard_normal(xoshiro256ss& rng) noexcept {
+  for (;;) {
+    const double u = std::fma(2.0, rng.uniform(), -1.0);
+    const double v = std::fma(2.0, rng.uniform(), -1.0);
+    const double s = std::fma(u, u, v * v);
+    if (s < 1.0 && s > 0.0) return u * std::sqrt(-2.0 * portable_log(s) / s);
+  }
+}
 
 }  // namespace performer::detail
