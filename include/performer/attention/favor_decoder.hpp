@@ -1,0 +1,144 @@
+/// @file attention/favor_decoder.hpp
+/// @brief Recurrent FAVOR+ decoding: one token at a time in O(M (d + d_v)) time and memory,
+/// whatever the context length (Katharopoulos et al. 2020, section 3.4; ALGORITHMS.md 2.5).
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "../error.hpp"
+#include "../types.hpp"
+#include "favor_attention.hpp"
+
+namespace performer {
+
+/**
+ * @brief The causal FAVOR+ state (S = sum phi(k_j) v_j^T, z = sum phi(k_j)) carried from token
+ * to token, with the same stabiliser as the batch path: a running maximum of the keys' log
+ * scales, the state rescaled when it rises. Gives the outputs of
+ * favor_attention::forward with attention_mask{.causal = true}, token by token.
+ *
+ * It copies the projection and the feature map of the attention it is made from, so a later
+ * redraw of that attention does not change a stream in progress (the projection must stay fixed
+ * for a whole sequence).
+ *
+ * Complexity: step() O(m d + M d_v) time; state O(M d_v); nothing grows with the context.
+ */
+template <real_scalar T, class FeatureMap = positive_features<T>,
+          projection_sampler Sampler = orthogonal_sampler, real_scalar Acc = T>
+class favor_decoder {
+ public:
+  using attention_type = favor_attention<T, FeatureMap, Sampler, Acc>;
+
+  /**
+   * @param attention the mechanism whose causal path this reproduces.
+   * @param value_dim d_v, the width of the values.
+   * @throws performer::invalid_argument if value_dim is not positive.
+   */
+  favor_decoder(const attention_type& attention, index value_dim)
+      : w_(attention.projection().matrix()),
+        map_(attention.feature_map()),
+        m_(attention.feature_count()),
+        state_(row_matrix<Acc>::Zero(m_, value_dim)),
+        norm_(vector<Acc>::Zero(m_)),
+        phi_(1, m_),
+        log_(1),
+        phi_acc_(m_),
+        out_acc_(value_dim) {
+    PERFORMER_PRECONDITION(value_dim > 0, "favor_decoder: value_dim must be positive (got ",
+                           value_dim, ")");
+  }
+
+  /// Forgets the context.
+  void reset() {
+    state_.setZero();
+    norm_.setZero();
+    shift_ = minus_inf;
+    position_ = 0;
+  }
+
+  /// Tokens seen so far.
+  [[nodiscard]] index position() const noexcept { return position_; }
+
+  /**
+   * @brief Folds a prefix of keys and values into the state without producing outputs
+   * (e.g. a prompt whose outputs are not needed). Same as calling step() on each token.
+   * @throws performer::invalid_argument on shape mismatch or non-finite values.
+   */
+  void prime(const const_matrix_ref<T>& k, const const_matrix_ref<T>& v) {
+    constexpr const char* who = "favor_decoder::prime";
+    PERFORMER_PRECONDITION(k.cols() == w_.cols() && v.cols() == state_.cols() &&
+                               k.rows() == v.rows(),
+                           who, ": k is ", detail::shape(k), " and v is ", detail::shape(v),
+                           ", expected n x ", w_.cols(), " and n x ", state_.cols());
+    detail::require_finite(who, "k", k);
+    detail::require_finite(who, "v", v);
+    for (index t = 0; t < k.rows(); ++t) fold(k.row(t), v.row(t));
+  }
+
+  /**
+   * @brief Adds token (k, v) to the context, then writes query q's output into out.
+   * @param q, k 1 x d; v, out 1 x d_v.
+   * @throws performer::invalid_argument on shape mismatch or non-finite values.
+   */
+  void step(const Eigen::Ref<const row_vector<T>>& q, const Eigen::Ref<const row_vector<T>>& k,
+            const Eigen::Ref<const row_vector<T>>& v, Eigen::Ref<row_vector<T>> out) {
+    constexpr const char* who = "favor_decoder::step";
+    const index d = w_.cols();
+    PERFORMER_PRECONDITION(q.cols() == d && k.cols() == d, who, ": q has ", q.cols(),
+                           " and k has ", k.cols(), " entries, expected ", d);
+    PERFORMER_PRECONDITION(v.cols() == state_.cols() && out.cols() == state_.cols(), who,
+                           ": v has ", v.cols(), " and out has ", out.cols(),
+                           " entries, expected ", state_.cols());
+    detail::require_finite(who, "q", q);
+    detail::require_finite(who, "k", k);
+    detail::require_finite(who, "v", v);
+    fold(k, v);
+    map_.apply(w_, Eigen::Map<const row_matrix<T>>(q.data(), 1, d), phi_, log_);
+    // The query's own scale cancels between numerator and denominator.
+    phi_acc_ = phi_.row(0).template cast<Acc>();
+    const Acc den = phi_acc_.dot(norm_);
+    if (den == Acc(0)) {  // no visible key yet
+      out.setZero();
+    } else {
+      out_acc_.noalias() = phi_acc_ * state_;
+      out = (out_acc_ / den).template cast<T>();
+    }
+    PERFORMER_PRECONDITION(out.allFinite(), who, ": the result overflowed the scalar type");
+  }
+
+ private:
+  static constexpr Acc minus_inf = -std::numeric_limits<Acc>::infinity();
+
+  template <class K, class V>
+  void fold(const K& k, const V& v) {
+    map_.apply(w_, Eigen::Map<const row_matrix<T>>(k.data(), 1, w_.cols()), phi_, log_);
+    const Acc log_k = static_cast<Acc>(log_(0));
+    if (log_k > shift_) {
+      if (shift_ != minus_inf) {
+        const Acc factor = std::exp(shift_ - log_k);
+        state_ *= factor;
+        norm_ *= factor;
+      }
+      shift_ = log_k;
+    }
+    const Acc weight = std::exp(log_k - shift_);
+    phi_acc_ = phi_.row(0).template cast<Acc>() * weight;
+    state_.noalias() += phi_acc_.transpose() * v.template cast<Acc>();
+    norm_ += phi_acc_.transpose();
+    ++position_;
+  }
+
+  row_matrix<T> w_;
+  FeatureMap map_;
+  index m_;
+  row_matrix<Acc> state_;
+  vector<Acc> norm_;
+  row_matrix<T> phi_;
+  vector<T> log_;
+  row_vector<Acc> phi_acc_, out_acc_;  // preallocated: step() allocates nothing
+  Acc shift_ = minus_inf;
+  index position_ = 0;
+};
+
+}  // namespace performer
