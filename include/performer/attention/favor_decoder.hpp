@@ -104,7 +104,7 @@ class favor_decoder {
       out_acc_.noalias() = phi_acc_ * state_;
       out = (out_acc_ / den).template cast<T>();
     }
-    PERFORMER_PRECONDITION(out.allFinite(), who, ": the result overflowed the scalar type");
+    PERFORMER_PRECONDITION(detail::all_finite(out), who, ": the result overflowed the scalar type");
   }
 
  private:

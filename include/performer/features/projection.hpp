@@ -178,7 +178,7 @@ class random_projection {
   void set_matrix(const Eigen::MatrixBase<Derived>& w) {
     PERFORMER_PRECONDITION(w.rows() == m_ && w.cols() == d_, "random_projection::set_matrix: w is ",
                            w.rows(), "x", w.cols(), ", expected ", m_, "x", d_);
-    PERFORMER_PRECONDITION(w.allFinite(), "random_projection::set_matrix: w (", w.rows(), "x",
+    PERFORMER_PRECONDITION(detail::all_finite(w), "random_projection::set_matrix: w (", w.rows(), "x",
                            w.cols(), ") contains a NaN or an infinity");
     w_ = w.template cast<T>();
   }
