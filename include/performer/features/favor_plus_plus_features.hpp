@@ -98,7 +98,8 @@ class favor_plus_plus_features {
     const T log_d = static_cast<T>(d / 4.0 * std::log(1.0 - 4.0 * a_));
     const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(m));
     const row_vector<T> offset = (static_cast<T>(a_) * w.rowwise().squaredNorm()).transpose();
-    phi.noalias() = (b * scale) * (x * w.transpose());
+    phi.noalias() = x * w.transpose();  // scaled apart: no temporary for one-row x
+    phi *= (b * scale);
     phi.rowwise() += offset;
     for (index i = 0; i < x.rows(); ++i) {
       const T top = phi.row(i).maxCoeff();

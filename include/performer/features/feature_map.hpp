@@ -8,6 +8,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "../concepts.hpp"
 #include "../error.hpp"
 #include "../types.hpp"
 

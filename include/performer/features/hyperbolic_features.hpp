@@ -27,7 +27,8 @@ struct hyperbolic_features {
     const T scale = detail::softmax_input_scale<T>(x.cols());
     const T inv_sqrt_2m = T(1) / std::sqrt(static_cast<T>(2 * m));
     auto u = phi.leftCols(m);
-    u.noalias() = scale * (x * w.transpose());
+    u.noalias() = x * w.transpose();  // scaled apart: no temporary for one-row x
+    u *= scale;
     for (index i = 0; i < x.rows(); ++i) {
       const T top = u.row(i).cwiseAbs().maxCoeff();
       phi.row(i).rightCols(m) = (-u.row(i).array() - top).exp() * inv_sqrt_2m;

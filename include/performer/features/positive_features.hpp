@@ -25,11 +25,13 @@ struct positive_features {
     detail::check_feature_args<T>("positive_features::apply", true, w.rows(), w, x, phi, log_scale);
     const T scale = detail::softmax_input_scale<T>(x.cols());
     const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(w.rows()));
-    phi.noalias() = scale * (x * w.transpose());
+    // The scale is applied inside the exp (it is positive, so the row maximum is unchanged):
+    // a scaled product expression would make Eigen allocate a temporary for one-row inputs.
+    phi.noalias() = x * w.transpose();
     for (index i = 0; i < x.rows(); ++i) {
       const T top = phi.row(i).maxCoeff();
-      phi.row(i) = (phi.row(i).array() - top).exp() * inv_sqrt_m;
-      log_scale(i) = top - scale * scale * x.row(i).squaredNorm() / T(2);
+      phi.row(i) = ((phi.row(i).array() - top) * scale).exp() * inv_sqrt_m;
+      log_scale(i) = top * scale - scale * scale * x.row(i).squaredNorm() / T(2);
     }
   }
 };

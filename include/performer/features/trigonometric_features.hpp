@@ -29,7 +29,8 @@ struct trigonometric_features {
     const T scale = detail::softmax_input_scale<T>(x.cols());
     const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(m));
     auto u = phi.leftCols(m);
-    u.noalias() = scale * (x * w.transpose());
+    u.noalias() = x * w.transpose();  // scaled apart: no temporary for one-row x
+    u *= scale;
     phi.rightCols(m) = u.array().cos() * inv_sqrt_m;
     u = u.array().sin() * inv_sqrt_m;
     for (index i = 0; i < x.rows(); ++i) {
