@@ -3,8 +3,13 @@
 // decoding against the batch path, accumulator precision, redraws and bad input.
 #include <gtest/gtest.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -23,14 +28,16 @@
 namespace performer::conformance {
 namespace {
 
-template <class A, index Features = 64, index Block = 256, index Chunk = 64>
+// Segments > 1 with min_segment 4 splits the suite's short sequences as long ones would be.
+template <class A, index Features = 64, index Block = 256, index Chunk = 64, index Segments = 2>
 struct favor_maker {
   using attention_type = A;
   // Features and the projection are fixed by the seed, so every invariance the suite checks is
   // exact up to rounding; the sums run over more terms than exact attention's, hence 1e-4.
   static constexpr double tolerance = std::is_same_v<typename A::scalar_type, float> ? 1e-4 : 1e-11;
   static A make(index head_dim) {
-    return A(head_dim, Features, /*seed=*/7, {}, {}, Block, Chunk);
+    return A(head_dim, Features, /*seed=*/7, {}, {},
+             {.block = Block, .chunk = Chunk, .segments = Segments, .min_segment = 4});
   }
 };
 
@@ -40,7 +47,8 @@ using elu_favor = favor_attention<T, elu_features<T>>;
 using favor_makers = ::testing::Types<
     favor_maker<favor_attention<float>>, favor_maker<favor_attention<double>>,
     // Blocks and chunks smaller than the suite's sequences: boundaries and ragged ends.
-    favor_maker<favor_attention<float>, 32, 7, 5>, favor_maker<favor_attention<double>, 32, 7, 5>,
+    favor_maker<favor_attention<float>, 32, 7, 5>, favor_maker<favor_attention<double>, 32, 7, 5, 3>,
+    favor_maker<favor_attention<double>, 32, 7, 5, 1>,
     favor_maker<favor_attention<float, positive_features<float>, orthogonal_sampler, double>, 64, 9, 4>,
     favor_maker<favor_attention<float, hyperbolic_features<float>>, 32, 8, 3>,
     favor_maker<favor_attention<double, relu_features<double>, gaussian_sampler>, 32, 8, 3>,
@@ -116,7 +124,7 @@ TEST(FavorAttention, CausalLastRowEqualsBidirectional) {
   const auto q = random_matrix<double>(70, 16, 4);
   const auto k = random_matrix<double>(70, 16, 5);
   const auto v = random_matrix<double>(70, 6, 6);
-  const favor_attention<double> favor(16, 128, 3, {}, {}, 32, 16);
+  const favor_attention<double> favor(16, 128, 3, {}, {}, {.block = 32, .chunk = 16});
   const auto causal = run(favor, q, k, v, attention_mask{true, {}});
   const auto bidir = run(favor, q, k, v);
   // Same keys, same features, different summation order: rounding only.
@@ -181,7 +189,7 @@ void check_decoder_matches_batch() {
   auto k = random_matrix<float>(n, 16, 22);
   const auto v = random_matrix<float>(n, 8, 23);
   k.row(30) *= 20.0F;  // a late key with a large norm: the running maximum must rise mid-stream
-  const favor_attention<float, Map> favor(16, 64, 9, {}, {}, 16, 8);
+  const favor_attention<float, Map> favor(16, 64, 9, {}, {}, {.block = 16, .chunk = 8});
   const auto batch = run(favor, q, k, v, attention_mask{true, {}});
   performer::favor_decoder<float, Map> decoder(favor, 8);
   row_matrix<float> stream(n, 8);
@@ -235,8 +243,8 @@ TEST(FavorAttention, ProjectionRedrawAndUserMatrix) {
 TEST(FavorAttention, RejectsBadConfigurationAndInput) {
   EXPECT_THROW(favor_attention<float>(16, 0), performer::invalid_argument);
   EXPECT_THROW(favor_attention<float>(0, 16), performer::invalid_argument);
-  EXPECT_THROW(favor_attention<float>(16, 16, 0, {}, {}, 0, 8), performer::invalid_argument);
-  EXPECT_THROW(favor_attention<float>(16, 16, 0, {}, {}, 8, 0), performer::invalid_argument);
+  EXPECT_THROW(favor_attention<float>(16, 16, 0, {}, {}, {.block = 0}), performer::invalid_argument);
+  EXPECT_THROW(favor_attention<float>(16, 16, 0, {}, {}, {.chunk = 0}), performer::invalid_argument);
   const favor_attention<float> favor(16, 16, 0);
   const auto q = random_matrix<float>(5, 12, 1);
   const auto v = random_matrix<float>(5, 3, 1);
@@ -266,5 +274,51 @@ TEST(FavorAttention, FavorPlusPlusIsMoreAccurateThanFavorPlus) {
   }
   EXPECT_LT(plus_plus, 1.05 * plus) << plus_plus << " vs " << plus;
 }
+
+}  // namespace
+
+namespace {
+
+// Segments change only the order of the sums: a split and an unsplit pass agree to rounding,
+// in both paths, with padding.
+TEST(FavorAttention, SegmentsChangeOnlyRounding) {
+  const index n = 203;
+  const auto q = random_matrix<double>(n, 8, 1);
+  const auto k = random_matrix<double>(n, 8, 2);
+  const auto v = random_matrix<double>(n, 5, 3);
+  std::vector<std::uint8_t> keep(static_cast<std::size_t>(n), 1);
+  for (std::size_t j = 0; j < keep.size(); j += 7) keep[j] = 0;
+  const favor_attention<double> whole(8, 32, 4, {}, {}, {.block = 16, .chunk = 8, .segments = 1});
+  const favor_attention<double> split(8, 32, 4, {}, {},
+                                      {.block = 16, .chunk = 8, .segments = 5, .min_segment = 10});
+  for (const bool causal : {false, true}) {
+    const attention_mask mask{causal, keep};
+    const row_matrix<double> a = performer::attend(whole, q, k, v, mask);
+    const row_matrix<double> b = performer::attend(split, q, k, v, mask);
+    EXPECT_LT((a - b).cwiseAbs().maxCoeff(), 1e-13) << "causal " << causal;
+  }
+}
+
+#ifdef _OPENMP
+// The split depends on N and the options only, so the bits do not depend on the thread count.
+TEST(FavorAttention, ResultDoesNotDependOnThreadCount) {
+  const index n = 1500;
+  const auto q = random_matrix<float>(n, 16, 1);
+  const auto k = random_matrix<float>(n, 16, 2);
+  const auto v = random_matrix<float>(n, 16, 3);
+  const favor_attention<float> favor(16, 64, 4, {}, {},
+                                     {.block = 64, .chunk = 16, .segments = 4, .min_segment = 100});
+  const int threads = omp_get_max_threads();
+  for (const bool causal : {false, true}) {
+    omp_set_num_threads(1);
+    const row_matrix<float> one = performer::attend(favor, q, k, v, {causal, {}});
+    omp_set_num_threads(3);
+    const row_matrix<float> three = performer::attend(favor, q, k, v, {causal, {}});
+    omp_set_num_threads(threads);
+    EXPECT_EQ(0, std::memcmp(one.data(), three.data(), sizeof(float) * one.size()))
+        << "causal " << causal;
+  }
+}
+#endif
 
 }  // namespace

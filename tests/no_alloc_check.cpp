@@ -41,6 +41,31 @@ TEST(NoAllocation, TiledSoftmaxAttention) {
   expect_no_allocation(performer::tiled_softmax_attention<float>(16, 16), true);
 }
 
+TEST(NoAllocation, FavorAttention) {
+  // Blocks, chunks and segments smaller than the sequence: every path, ragged ends included.
+  const performer::favor_options options{.block = 16, .chunk = 6, .segments = 2, .min_segment = 16};
+  for (const bool causal : {false, true}) {
+    expect_no_allocation(performer::favor_attention<float>(16, 16, 1, {}, {}, options), causal);
+    expect_no_allocation(performer::favor_attention<double, performer::hyperbolic_features<double>>(
+                             16, 8, 1, {}, {}, options),
+                         causal);
+  }
+}
+
+TEST(NoAllocation, FavorDecoderStep) {
+  const performer::favor_attention<float> favor(16, 16, 1);
+  performer::favor_decoder<float> decoder(favor, 8);
+  const auto x = random_matrix<float>(3, 16, 4);
+  const auto v = random_matrix<float>(3, 8, 5);
+  performer::row_vector<float> out(8);
+  decoder.step(x.row(0), x.row(1), v.row(0), out);
+  Eigen::internal::set_is_malloc_allowed(false);
+  decoder.step(x.row(1), x.row(2), v.row(1), out);
+  decoder.step(x.row(2), x.row(0), v.row(2), out);
+  Eigen::internal::set_is_malloc_allowed(true);
+  SUCCEED();
+}
+
 TEST(NoAllocation, TransformerBlock) {
   const performer::block_config cfg{.d_model = 32, .heads = 4, .d_ff = 48, .causal = true};
   const performer::transformer_block<performer::tiled_softmax_attention<float>> block(

@@ -9,9 +9,11 @@
 #include <cstdint>
 #include <limits>
 #include <utility>
+#include <vector>
 
 #include "../attention_mask.hpp"
 #include "../concepts.hpp"
+#include "../detail/parallel.hpp"
 #include "../detail/validate.hpp"
 #include "../error.hpp"
 #include "../features/feature_map.hpp"
@@ -45,13 +47,32 @@ Acc shifted_exp(Acc x, Acc shift) {
 }  // namespace detail
 
 /**
+ * @brief Blocking and parallel layout of favor_attention. None of these changes the
+ * estimator, only the order of floating-point sums (and so the last bits of the result).
+ */
+struct favor_options {
+  /// Rows per feature block (B): keys and queries are mapped B rows at a time.
+  index block = 256;
+  /// Tokens per chunk of the causal path (C <= B, else B): a masked C x C product within a
+  /// chunk. Smaller chunks do less work (2 C (M + d_v) flops per token on top of the four
+  /// products) but in smaller matrix products.
+  index chunk = 32;
+  /// Most segments a sequence is split into; segments run in parallel (OpenMP). The causal
+  /// path then maps the keys before each segment boundary twice (once to get the segment's
+  /// carried state, once in its own pass): about 25% more work at 2 segments, in exchange for
+  /// using two cores on one head. 1 disables the split.
+  index segments = 2;
+  /// Fewest tokens per segment: sequences shorter than 2 x this are never split.
+  index min_segment = 32768;
+};
+
+/**
  * @brief FAVOR+ attention: softmax attention approximated with random features,
  * out = D^-1 phi(Q) (phi(K)^T V), in time and memory linear in N.
  *
- * - Bidirectional: the keys are swept once in row blocks, accumulating S = phi(K)^T V
- *   (M x d_v) and z = phi(K)^T 1 (M); then each block of queries gives
- *   out = (phi(Q) S) / (phi(Q) z). Padded keys are dropped after the feature map, so they
- *   leave both S and z.
+ * - Bidirectional: the keys are swept in row blocks, accumulating S = phi(K)^T V (M x d_v)
+ *   and z = phi(K)^T 1 (M); then each block of queries gives out = (phi(Q) S) / (phi(Q) z).
+ *   Padded keys are dropped after the feature map, so they leave both S and z.
  * - Causal: chunks of C tokens; within a chunk a masked C x C product, across chunks a
  *   carried prefix state (S, z), both as matrix products (ALGORITHMS.md section 2.4).
  * - Stabiliser: the feature map returns features with their per-row log scale split off. A
@@ -59,10 +80,16 @@ Acc shifted_exp(Acc x, Acc shift) {
  *   carried state is rescaled by exp(c_old - c_new) when it rises, as online softmax does. In
  *   the causal path query i only ever uses the maximum over keys j <= i, so a future token
  *   cannot leak in through the stabiliser, whatever its norm.
+ * - Threads: a long sequence is cut into favor_options::segments segments at boundaries that
+ *   depend on N only. Bidirectional: the segments' key states are summed in a fixed order.
+ *   Causal: a first pass computes the key state of every segment but the last, a prefix sum
+ *   gives each segment its starting state, and the segments then run their causal passes in
+ *   parallel. Query blocks are independent. So the result is the same, bit for bit, on any
+ *   number of threads.
  *
  * Complexity (M features, m = projection rows, B block rows, C chunk): time
  * O(N m d + N M d_v) bidirectional, plus O(N C (M + d_v)) causal; workspace
- * O((B + C) M + C^2 + M d_v), independent of N.
+ * O(threads ((B + C) M + C^2) + segments M d_v), independent of N.
  *
  * The projection is fixed between redraws: forward() is const and thread-safe with one
  * workspace per thread. To redraw every k training steps, call `projection().on_call()` once
@@ -87,12 +114,26 @@ class favor_attention {
   static constexpr bool supports_causal = true;
   static constexpr bool key_permutation_invariant = true;
 
-  /// Scratch memory; its size depends on M, d_v and the block sizes, not on N.
-  struct workspace_type {
+  /// Key-value state: S = sum_j w_j phi(k_j) v_j^T and z = sum_j w_j phi(k_j), with the keys'
+  /// scales taken relative to `shift` (w_j = exp(log_scale_j - shift)).
+  struct state_type {
+    row_matrix<Acc> sum;
+    vector<Acc> norm;
+    Acc shift = -std::numeric_limits<Acc>::infinity();
+  };
+
+  /// One thread's scratch: B or C rows of features, never N.
+  struct lane_type {
     row_matrix<T> phi_q, phi_k;
     vector<T> log_q, log_k;
-    row_matrix<Acc> state, num, scores, cast_q, cast_k, cast_v;
-    vector<Acc> norm, den, weights, prefix_max;
+    row_matrix<Acc> num, scores, cast_q, cast_k, cast_v;
+    vector<Acc> den, weights, prefix_max;
+  };
+
+  /// Scratch memory; its size depends on M, d_v, the blocks and the thread count, not on N.
+  struct workspace_type {
+    std::vector<lane_type> lanes;
+    std::vector<state_type> states;
   };
 
   /**
@@ -100,19 +141,19 @@ class favor_attention {
    * @param features m, the number of random projections (M = map.feature_count(m, d)).
    * @param seed seeds the projection draw.
    * @param map the feature map. @param sampler how projections are drawn.
-   * @param block rows per block in the bidirectional path (B).
-   * @param chunk tokens per chunk in the causal path (C).
-   * @throws performer::invalid_argument if head_dim, features, block or chunk is not positive.
+   * @param options blocking and parallel layout.
+   * @throws performer::invalid_argument if head_dim, features or an option is not positive.
    */
   explicit favor_attention(index head_dim, index features = 256, std::uint64_t seed = 0,
-                           FeatureMap map = {}, Sampler sampler = {}, index block = 256,
-                           index chunk = 64)
+                           FeatureMap map = {}, Sampler sampler = {}, favor_options options = {})
       : projection_(features, head_dim, seed, std::move(sampler)),
         map_(std::move(map)),
-        block_(block),
-        chunk_(chunk) {
-    PERFORMER_PRECONDITION(block > 0 && chunk > 0, "favor_attention: block (", block,
-                           ") and chunk (", chunk, ") must be positive");
+        options_(options) {
+    PERFORMER_PRECONDITION(options.block > 0 && options.chunk > 0 && options.segments > 0 &&
+                               options.min_segment > 0,
+                           "favor_attention: block (", options.block, "), chunk (",
+                           options.chunk, "), segments (", options.segments,
+                           ") and min_segment (", options.min_segment, ") must be positive");
   }
 
   [[nodiscard]] const projection_type& projection() const noexcept { return projection_; }
@@ -120,6 +161,7 @@ class favor_attention {
   [[nodiscard]] projection_type& projection() noexcept { return projection_; }
   [[nodiscard]] const FeatureMap& feature_map() const noexcept { return map_; }
   [[nodiscard]] FeatureMap& feature_map() noexcept { return map_; }
+  [[nodiscard]] const favor_options& options() const noexcept { return options_; }
   /// M: columns of phi(x).
   [[nodiscard]] index feature_count() const {
     return map_.feature_count(projection_.features(), projection_.dim());
@@ -152,12 +194,44 @@ class favor_attention {
  private:
   static constexpr Acc minus_inf = -std::numeric_limits<Acc>::infinity();
 
-  /// phi of rows [r0, r0 + rows) of x into ws.phi_*/log_*; padded keys get log scale -inf.
+  /// Segments a sequence of n tokens is split into (a function of n and the options only).
+  [[nodiscard]] index segments_for(index n) const {
+    return std::clamp<index>(n / options_.min_segment, 1, options_.segments);
+  }
+
+  /// Start of segment s of `count` over [0, n).
+  static index segment_start(index n, index count, index s) { return n * s / count; }
+
+  void reset(state_type& st, index value_dim) const {
+    st.sum.setZero(feature_count(), value_dim);
+    st.norm.setZero(feature_count());
+    st.shift = minus_inf;
+  }
+
+  void prepare(workspace_type& ws, index lanes, index states, index value_dim) const {
+    const index m = feature_count();
+    const index rows = options_.block;
+    if (ws.lanes.size() < static_cast<std::size_t>(lanes)) ws.lanes.resize(lanes);
+    for (auto& lane : ws.lanes) {
+      lane.phi_q.resize(rows, m);
+      lane.phi_k.resize(rows, m);
+      lane.log_q.resize(rows);
+      lane.log_k.resize(rows);
+      lane.num.resize(rows, value_dim);
+      lane.den.resize(rows);
+      lane.weights.resize(rows);
+      lane.prefix_max.resize(rows);
+      lane.scores.resize(std::min(rows, options_.chunk), std::min(rows, options_.chunk));
+    }
+    if (ws.states.size() < static_cast<std::size_t>(states)) ws.states.resize(states);
+  }
+
+  /// phi of rows [r0, r0 + rows) of x into the top rows of phi / log_scale; padded keys get
+  /// log scale -inf.
   void features_of(const FeatureMap& map, const const_matrix_ref<T>& x, index r0, index rows,
                    row_matrix<T>& phi, vector<T>& log_scale, const attention_mask* keys) const {
-    phi.resize(rows, feature_count());
-    log_scale.resize(rows);
-    map.apply(projection_.matrix(), x.middleRows(r0, rows), phi, log_scale);
+    map.apply(projection_.matrix(), x.middleRows(r0, rows), phi.topRows(rows),
+              log_scale.head(rows));
     if (keys != nullptr && !keys->key_mask.empty()) {
       for (index j = 0; j < rows; ++j) {
         if (!keys->keeps(static_cast<std::size_t>(r0 + j))) {
@@ -167,40 +241,69 @@ class favor_attention {
     }
   }
 
-  /// Folds a block of key features into (S, z) at shift c, rescaling the state if c rises.
-  void accumulate(row_matrix<T>& phi, const vector<T>& log_scale, const const_matrix_ref<T>& v,
-                  Acc& c, Acc new_c, workspace_type& ws) const {
+  /// Rescales `st` to shift `c` >= st.shift.
+  static void raise_shift(state_type& st, Acc c) {
+    if (c <= st.shift) return;
+    if (st.shift != minus_inf) {
+      const Acc factor = std::exp(st.shift - c);
+      st.sum *= factor;
+      st.norm *= factor;
+    }
+    st.shift = c;
+  }
+
+  /// into += from (both relative to their shifts).
+  static void add_state(state_type& into, const state_type& from) {
+    if (from.shift == minus_inf) return;  // nothing but padding
+    raise_shift(into, from.shift);
+    const Acc factor = std::exp(from.shift - into.shift);
+    into.sum.noalias() += factor * from.sum;
+    into.norm.noalias() += factor * from.norm;
+  }
+
+  /// Folds key features phi (rows x M, with their log scales) into st at shift
+  /// max(st.shift, new_c). Weights the features in place (they are not needed afterwards).
+  template <class Phi, class LogScale>
+  void accumulate(Phi phi, const LogScale& log_scale, const const_matrix_ref<T>& v,
+                  state_type& st, Acc new_c, lane_type& lane) const {
     if (new_c == minus_inf) return;  // every key so far is padding
-    if (c != minus_inf && new_c > c) {
-      const Acc factor = std::exp(c - new_c);
-      ws.state *= factor;
-      ws.norm *= factor;
+    raise_shift(st, new_c);
+    const index rows = phi.rows();
+    auto weights = lane.weights.head(rows);
+    for (index j = 0; j < rows; ++j) {
+      weights(j) = detail::shifted_exp(static_cast<Acc>(log_scale(j)), st.shift);
     }
-    c = std::max(c, new_c);
-    ws.weights.resize(phi.rows());
-    for (index j = 0; j < phi.rows(); ++j) {
-      ws.weights(j) = detail::shifted_exp(static_cast<Acc>(log_scale(j)), c);
-    }
-    // The features are not needed after this, so they are weighted in place (in Acc).
-    const auto weighted = [&]() -> const row_matrix<Acc>& {
-      if constexpr (std::is_same_v<T, Acc>) {
-        phi.array().colwise() *= ws.weights.array();
-        return phi;
-      } else {
-        ws.cast_k = phi.template cast<Acc>();
-        ws.cast_k.array().colwise() *= ws.weights.array();
-        return ws.cast_k;
-      }
+    const auto fold = [&](auto phi_w) {
+      phi_w.array().colwise() *= weights.array();
+      const auto& v_acc = detail::as_accumulator<Acc>(v, lane.cast_v);
+      st.sum.noalias() += phi_w.transpose() * v_acc;
+      st.norm.noalias() += phi_w.colwise().sum().transpose();
     };
-    const row_matrix<Acc>& phi_w = weighted();
-    const auto& v_acc = detail::as_accumulator<Acc>(v, ws.cast_v);
-    ws.state.noalias() += phi_w.transpose() * v_acc;
-    ws.norm.noalias() += phi_w.colwise().sum().transpose();
+    if constexpr (std::is_same_v<T, Acc>) {
+      fold(phi);
+    } else {
+      lane.cast_k = phi.template cast<Acc>();
+      fold(lane.cast_k.topRows(rows));
+    }
+  }
+
+  /// Key state of rows [begin, end) into st, from zero.
+  void key_state(const FeatureMap& map, const const_matrix_ref<T>& k,
+                 const const_matrix_ref<T>& v, const attention_mask& mask, index begin,
+                 index end, state_type& st, lane_type& lane) const {
+    reset(st, v.cols());
+    for (index k0 = begin; k0 < end; k0 += options_.block) {
+      const index rows = std::min(options_.block, end - k0);
+      features_of(map, k, k0, rows, lane.phi_k, lane.log_k, &mask);
+      const Acc block_max = static_cast<Acc>(lane.log_k.head(rows).maxCoeff());
+      accumulate(lane.phi_k.topRows(rows), lane.log_k, v.middleRows(k0, rows), st, block_max,
+                 lane);
+    }
   }
 
   /// out rows = num / den, or zeros where no key was visible (den = 0 exactly).
-  static void normalise(const row_matrix<Acc>& num, const vector<Acc>& den,
-                        matrix_ref<T> out_rows) {
+  template <class Num, class Den>
+  static void normalise(const Num& num, const Den& den, matrix_ref<T> out_rows) {
     for (index r = 0; r < out_rows.rows(); ++r) {
       if (den(r) == Acc(0)) {
         out_rows.row(r).setZero();
@@ -213,93 +316,141 @@ class favor_attention {
   void bidirectional(const FeatureMap& map, const const_matrix_ref<T>& q,
                      const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
                      matrix_ref<T> out, const attention_mask& mask, workspace_type& ws) const {
-    const index m = feature_count();
-    ws.state.setZero(m, v.cols());
-    ws.norm.setZero(m);
-    Acc c = minus_inf;
-    for (index k0 = 0; k0 < k.rows(); k0 += block_) {
-      const index rows = std::min(block_, k.rows() - k0);
-      features_of(map, k, k0, rows, ws.phi_k, ws.log_k, &mask);
-      const Acc block_max = static_cast<Acc>(ws.log_k.maxCoeff());
-      accumulate(ws.phi_k, ws.log_k, v.middleRows(k0, rows), c, block_max, ws);
-    }
-    for (index q0 = 0; q0 < q.rows(); q0 += block_) {
-      const index rows = std::min(block_, q.rows() - q0);
-      features_of(map, q, q0, rows, ws.phi_q, ws.log_q, nullptr);
-      const auto& phi = detail::as_accumulator<Acc>(ws.phi_q, ws.cast_q);
-      ws.num.noalias() = phi * ws.state;
-      ws.den.noalias() = phi * ws.norm;
-      normalise(ws.num, ws.den, out.middleRows(q0, rows));
-    }
+    const index segments = segments_for(k.rows());
+    const index query_blocks = (q.rows() + options_.block - 1) / options_.block;
+    prepare(ws, std::max(detail::lanes_for(segments), detail::lanes_for(query_blocks)), segments,
+            v.cols());
+    detail::parallel_for(segments, [&](index s, index lane) {
+      key_state(map, k, v, mask, segment_start(k.rows(), segments, s),
+                segment_start(k.rows(), segments, s + 1), ws.states[s], ws.lanes[lane]);
+    });
+    state_type& total = ws.states[0];
+    for (index s = 1; s < segments; ++s) add_state(total, ws.states[s]);
+
+    detail::parallel_for(query_blocks, [&](index b, index lane_index) {
+      lane_type& lane = ws.lanes[lane_index];
+      const index q0 = b * options_.block;
+      const index rows = std::min(options_.block, q.rows() - q0);
+      features_of(map, q, q0, rows, lane.phi_q, lane.log_q, nullptr);
+      const auto phi_q = lane.phi_q.topRows(rows);
+      const auto& phi = detail::as_accumulator<Acc>(phi_q, lane.cast_q);
+      auto num = lane.num.topRows(rows);
+      auto den = lane.den.head(rows);
+      num.noalias() = phi * total.sum;
+      den.noalias() = phi * total.norm;
+      normalise(num, den, out.middleRows(q0, rows));
+    });
   }
 
   void causal(const FeatureMap& map, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
               const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
               workspace_type& ws) const {
-    const index m = feature_count();
     const index n = q.rows();
-    ws.state.setZero(m, v.cols());
-    ws.norm.setZero(m);
-    Acc c = minus_inf;  // shift of the carried state: max log scale of all earlier keys
-    for (index c0 = 0; c0 < n; c0 += chunk_) {
-      const index rows = std::min(chunk_, n - c0);
-      features_of(map, q, c0, rows, ws.phi_q, ws.log_q, nullptr);
-      features_of(map, k, c0, rows, ws.phi_k, ws.log_k, &mask);
-      const auto v_chunk = v.middleRows(c0, rows);
-      const auto& phi_q = detail::as_accumulator<Acc>(ws.phi_q, ws.cast_q);
-      const auto& v_acc = detail::as_accumulator<Acc>(v_chunk, ws.cast_v);
-
-      // Query i's shift: the running maximum over keys j <= i only (never a future key).
-      ws.prefix_max.resize(rows);
-      Acc running = c;
-      for (index i = 0; i < rows; ++i) {
-        running = std::max(running, static_cast<Acc>(ws.log_k(i)));
-        ws.prefix_max(i) = running;
-      }
-
-      // Carried prefix, rescaled from the state's shift c to each query's own shift.
-      ws.num.noalias() = phi_q * ws.state;
-      ws.den.noalias() = phi_q * ws.norm;
-      for (index i = 0; i < rows; ++i) {
-        const Acc factor = detail::shifted_exp(c, ws.prefix_max(i));
-        ws.num.row(i) *= factor;
-        ws.den(i) *= factor;
-      }
-
-      // Within the chunk: A_ij = phi(q_i).phi(k_j) exp(log_k_j - shift_i) for j <= i.
-      {
-        const auto& phi_k = detail::as_accumulator<Acc>(ws.phi_k, ws.cast_k);
-        ws.scores.resize(rows, rows);
-        ws.scores.noalias() = phi_q * phi_k.transpose();
-      }
-      // exp(log_k_j - shift_i) = exp(log_k_j - shift_j) when the running maximum did not rise
-      // between j and i (the common case): one exponential per key instead of per pair.
-      ws.weights.resize(rows);
-      for (index j = 0; j < rows; ++j) {
-        ws.weights(j) = detail::shifted_exp(static_cast<Acc>(ws.log_k(j)), ws.prefix_max(j));
-      }
-      for (index i = 0; i < rows; ++i) {
-        for (index j = 0; j <= i; ++j) {
-          ws.scores(i, j) *= ws.prefix_max(j) == ws.prefix_max(i)
-                                 ? ws.weights(j)
-                                 : detail::shifted_exp(static_cast<Acc>(ws.log_k(j)),
-                                                       ws.prefix_max(i));
-        }
-        ws.scores.row(i).tail(rows - i - 1).setZero();
-      }
-      ws.num.noalias() += ws.scores * v_acc;
-      ws.den.noalias() += ws.scores.rowwise().sum();
-      normalise(ws.num, ws.den, out.middleRows(c0, rows));
-
-      // Fold the chunk's keys into the carried state at the chunk's final shift.
-      accumulate(ws.phi_k, ws.log_k, v_chunk, c, ws.prefix_max(rows - 1), ws);
+    const index segments = segments_for(n);
+    // Pass 1: key states of the two halves of every segment but the last (so that two
+    // threads share the work even at two segments). States [0, segments) are the segments'
+    // starting states, [segments, segments + pieces) the halves'.
+    const index pieces = 2 * (segments - 1);
+    prepare(ws, std::max(detail::lanes_for(pieces), detail::lanes_for(segments)),
+            segments + pieces, v.cols());
+    detail::parallel_for(pieces, [&](index p, index lane) {
+      const index begin = segment_start(n, segments, p / 2);
+      const index end = segment_start(n, segments, p / 2 + 1);
+      const index middle = begin + (end - begin) / 2;
+      key_state(map, k, v, mask, p % 2 == 0 ? begin : middle, p % 2 == 0 ? middle : end,
+                ws.states[segments + p], ws.lanes[lane]);
+    });
+    reset(ws.states[0], v.cols());
+    for (index s = 1; s < segments; ++s) {
+      ws.states[s] = ws.states[s - 1];
+      add_state(ws.states[s], ws.states[segments + 2 * (s - 1)]);
+      add_state(ws.states[s], ws.states[segments + 2 * (s - 1) + 1]);
     }
+    // Pass 2: every segment's causal pass from its starting state.
+    detail::parallel_for(segments, [&](index s, index lane) {
+      causal_range(map, q, k, v, out, mask, segment_start(n, segments, s),
+                   segment_start(n, segments, s + 1), ws.states[s], ws.lanes[lane]);
+    });
+  }
+
+  /// The chunked causal pass over tokens [begin, end), carrying st (the keys before `begin`).
+  /// Features are mapped B rows at a time (one larger product amortises packing the
+  /// projection), then consumed C rows at a time.
+  void causal_range(const FeatureMap& map, const const_matrix_ref<T>& q,
+                    const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
+                    matrix_ref<T> out, const attention_mask& mask, index begin, index end,
+                    state_type& st, lane_type& lane) const {
+    for (index b0 = begin; b0 < end; b0 += options_.block) {
+      const index block_rows = std::min(options_.block, end - b0);
+      features_of(map, q, b0, block_rows, lane.phi_q, lane.log_q, nullptr);
+      features_of(map, k, b0, block_rows, lane.phi_k, lane.log_k, &mask);
+      for (index c = 0; c < block_rows; c += options_.chunk) {
+        causal_chunk(b0 + c, c, std::min(options_.chunk, block_rows - c), v, out, st, lane);
+      }
+    }
+  }
+
+  /// One chunk: tokens [t0, t0 + rows), whose features are rows [r0, r0 + rows) of the lane's
+  /// feature buffers.
+  void causal_chunk(index t0, index r0, index rows, const const_matrix_ref<T>& v,
+                    matrix_ref<T> out, state_type& st, lane_type& lane) const {
+    const auto v_chunk = v.middleRows(t0, rows);
+    const auto phi_q_rows = lane.phi_q.middleRows(r0, rows);
+    const auto& phi_q = detail::as_accumulator<Acc>(phi_q_rows, lane.cast_q);
+    const auto& v_acc = detail::as_accumulator<Acc>(v_chunk, lane.cast_v);
+    const auto log_k = lane.log_k.segment(r0, rows);
+    auto num = lane.num.topRows(rows);
+    auto den = lane.den.head(rows);
+    auto prefix_max = lane.prefix_max.head(rows);
+    auto weights = lane.weights.head(rows);
+    auto scores = lane.scores.topLeftCorner(rows, rows);
+
+    // Query i's shift: the running maximum over keys j <= i only (never a future key).
+    Acc running = st.shift;
+    for (index i = 0; i < rows; ++i) {
+      running = std::max(running, static_cast<Acc>(log_k(i)));
+      prefix_max(i) = running;
+    }
+
+    // Carried prefix, rescaled from the state's shift to each query's own shift.
+    num.noalias() = phi_q * st.sum;
+    den.noalias() = phi_q * st.norm;
+    for (index i = 0; i < rows; ++i) {
+      const Acc factor = detail::shifted_exp(st.shift, prefix_max(i));
+      num.row(i) *= factor;
+      den(i) *= factor;
+    }
+
+    // Within the chunk: A_ij = phi(q_i).phi(k_j) exp(log_k_j - shift_i) for j <= i.
+    {
+      const auto phi_k_rows = lane.phi_k.middleRows(r0, rows);
+      const auto& phi_k = detail::as_accumulator<Acc>(phi_k_rows, lane.cast_k);
+      scores.noalias() = phi_q * phi_k.transpose();
+    }
+    // exp(log_k_j - shift_i) = exp(log_k_j - shift_j) when the running maximum did not rise
+    // between j and i (the common case): one exponential per key instead of per pair.
+    for (index j = 0; j < rows; ++j) {
+      weights(j) = detail::shifted_exp(static_cast<Acc>(log_k(j)), prefix_max(j));
+    }
+    for (index i = 0; i < rows; ++i) {
+      for (index j = 0; j <= i; ++j) {
+        scores(i, j) *= prefix_max(j) == prefix_max(i)
+                            ? weights(j)
+                            : detail::shifted_exp(static_cast<Acc>(log_k(j)), prefix_max(i));
+      }
+      scores.row(i).tail(rows - i - 1).setZero();
+    }
+    num.noalias() += scores * v_acc;
+    den.noalias() += scores.rowwise().sum();
+    normalise(num, den, out.middleRows(t0, rows));
+
+    // Fold the chunk's keys into the carried state at the chunk's final shift.
+    accumulate(lane.phi_k.middleRows(r0, rows), log_k, v_chunk, st, prefix_max(rows - 1), lane);
   }
 
   projection_type projection_;
   FeatureMap map_;
-  index block_;
-  index chunk_;
+  favor_options options_;
 };
 
 static_assert(attention_mechanism<favor_attention<float>>);
