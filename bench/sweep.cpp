@@ -16,6 +16,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -260,14 +261,17 @@ int main(int argc, char** argv) {
   }
   std::cerr << "\r" << std::string(48, ' ') << "\r";
 
-  // Table; GEMM ceiling of the same N, when measured, gives each kernel's fraction of it.
-  std::map<idx, double> ceiling;
+  // Table; a kernel's ceiling (its GEMMs alone) at the same N, when measured in this run,
+  // gives the kernel's fraction of it.
+  std::map<std::pair<std::string, idx>, double> rate;
   for (const auto& r : results) {
-    if (r.kernel == "gemm" && r.skipped.empty()) ceiling[r.n] = r.values.at("flops") / r.values.at("median_s");
+    if (r.skipped.empty() && r.values.at("flops") > 0) {
+      rate[{r.kernel, r.n}] = r.values.at("flops") / r.values.at("median_s");
+    }
   }
   std::cout << std::left << std::setw(14) << "kernel" << std::right << std::setw(9) << "N"
             << std::setw(13) << "median ms" << std::setw(14) << "tokens/s" << std::setw(10)
-            << "GFLOP/s" << std::setw(9) << "% gemm" << std::setw(13) << "peak MiB" << "\n";
+            << "GFLOP/s" << std::setw(9) << "% ceil" << std::setw(13) << "peak MiB" << "\n";
   for (const auto& r : results) {
     std::cout << std::left << std::setw(14) << r.kernel << std::right << std::setw(9) << r.n;
     if (!r.skipped.empty()) {
@@ -276,12 +280,14 @@ int main(int argc, char** argv) {
     }
     const double t = r.values.at("median_s");
     const double flops = r.values.at("flops");
-    std::cout << std::fixed << std::setprecision(2) << std::setw(13) << t * 1e3 << std::setw(14)
+    std::cout << std::fixed << std::setprecision(t < 0.01 ? 4 : 2) << std::setw(13) << t * 1e3
+              << std::setw(14)
               << std::setprecision(0) << static_cast<double>(r.n) / t;
     if (flops > 0) {
       std::cout << std::setw(10) << std::setprecision(1) << flops / t / 1e9;
-      const auto c = ceiling.find(r.n);
-      if (c != ceiling.end()) {
+      const auto& ceiling_name = find_kernel(kernels, r.kernel).ceiling;
+      const auto c = rate.find({ceiling_name, r.n});
+      if (!ceiling_name.empty() && c != rate.end()) {
         std::cout << std::setw(8) << std::setprecision(0) << 100 * (flops / t) / c->second << "%";
       } else {
         std::cout << std::setw(9) << "-";
