@@ -1,8 +1,15 @@
-// Google Benchmark suite over every kernel the harness knows (bench/kernels.hpp), N from 256 to
-// 16,384 at d = 64, with rate counters (tokens/s and GFLOP/s, shown as "tokens" and "GFLOP") and the asymptotic complexity fitted by
-// the library. The sweep program (performer_sweep) adds per-configuration peak memory and
-// longer sequences.
+// Google Benchmark suite over every kernel the harness knows (bench/kernels.hpp) at d = 64,
+// m = 256: N from 256 to 65,536 for the linear kernels and to 16,384 for the quadratic ones
+// (PERFORMER_BENCH_FULL=1 in the environment: to 1,048,576 and 65,536). Counters: tokens/s and
+// GFLOP/s ("tokens", "GFLOP"), the peak memory of one run beyond inputs and outputs
+// ("peak_MiB", measured in this process: run one kernel at a time, e.g. with
+// --benchmark_filter, for figures not inflated by earlier ones' freed pages), and for the
+// approximate kernels the relative error against exact attention in double on 64 sampled rows
+// ("rel_err", once per configuration). The asymptotic complexity is fitted per kernel.
 #include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <string>
 
 #include "kernels.hpp"
 
@@ -10,24 +17,38 @@ namespace {
 
 void run_kernel(benchmark::State& state, const performer::bench::kernel_info& kernel) {
   const Eigen::Index n = state.range(0);
-  auto work = kernel.make(n, 64);
+  auto work = kernel.make({n, 64, 256});
+  const double peak = performer::bench::peak_extra_bytes(work);
+  const double error = work.error ? work.error() : -1.0;
   for (auto _ : state) {
     work.run();
     benchmark::ClobberMemory();
   }
   state.SetComplexityN(n);
-  state.counters["tokens"] = benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+  const double tokens = work.tokens > 0 ? work.tokens : static_cast<double>(n);
+  state.counters["tokens"] = benchmark::Counter(tokens, benchmark::Counter::kIsIterationInvariantRate);
   if (work.flops > 0) {
     state.counters["GFLOP"] = benchmark::Counter(work.flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   }
+  state.counters["peak_MiB"] = peak / (1024.0 * 1024.0);
+  if (error >= 0) state.counters["rel_err"] = error;
 }
 
 const int registered = [] {
+  const char* env = std::getenv("PERFORMER_BENCH_FULL");
+  const bool full = env != nullptr && std::string(env) == "1";
   for (const auto& kernel : performer::bench::all_kernels()) {
-    const Eigen::Index max_n = kernel.name.rfind("block", 0) == 0 ? 4096 : 16384;
+    // The protein encoder is the sweep's --protein demonstration (minutes per configuration).
+    if (kernel.name.rfind("protein_", 0) == 0) continue;
+    Eigen::Index max_n = kernel.quadratic ? (full ? 65536 : 16384) : (full ? 1048576 : 65536);
+    if (kernel.name == "softmax") max_n = 16384;  // N x N floats: 16 GiB at 65,536
+    if (kernel.name.rfind("block", 0) == 0) max_n = full ? 16384 : 4096;
     auto* b = benchmark::RegisterBenchmark(kernel.name.c_str(), run_kernel, kernel);
     b->RangeMultiplier(4)->Range(256, max_n)->Unit(benchmark::kMillisecond)->UseRealTime();
-    b->Complexity(kernel.quadratic ? benchmark::oNSquared : benchmark::oN);
+    // A decoding step's cost does not depend on the context: fit a constant.
+    b->Complexity(kernel.quadratic ? benchmark::oNSquared
+                  : kernel.name == "decode_step" ? benchmark::o1
+                                                 : benchmark::oN);
   }
   return 0;
 }();
