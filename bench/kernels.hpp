@@ -258,10 +258,14 @@ inline std::vector<kernel_info> all_kernels() {
     return 2.0 * (2.0 * 256.0 * m + 3.0 * m * static_cast<double>(c.d)) * sizeof(T);
   };
   const auto block_bytes = [](const config& c) { return 6.0 * static_cast<double>(c.n) * 512.0 * sizeof(T); };
-  const auto favor_kernel = []<class Map>(Map, bool causal) {
-    return [causal](const config& c) {
-      return attention_workload(favor_attention<T, Map>(c.d, c.m, 1), c.n, c.d, causal,
-                                favor_flops(c.n, c.d, c.m), true);
+  // Flops of the products: 8 N m d for m features; the doubled maps (M = 2m) project m times
+  // but carry 2m features (12 N m d); elu + 1 does not project and carries d features (4 N d^2).
+  const auto favor_kernel = []<class Map>(Map, bool causal, double flop_factor = 1.0) {
+    return [causal, flop_factor](const config& c) {
+      const double flops = flop_factor > 0 ? flop_factor * favor_flops(c.n, c.d, c.m)
+                                           : 4.0 * static_cast<double>(c.n) * sq(c.d);
+      return attention_workload(favor_attention<T, Map>(c.d, c.m, 1), c.n, c.d, causal, flops,
+                                true);
     };
   };
   return {
@@ -290,15 +294,26 @@ inline std::vector<kernel_info> all_kernels() {
       {"favor_causal", "FAVOR+, causal (chunked prefix sums)", favor_bytes,
        favor_kernel(positive_features<T>{}, true), false, 65536, "favor_gemm"},
       {"favor_hyp", "hyperbolic features (M = 2m), bidirectional", favor_bytes,
-       favor_kernel(hyperbolic_features<T>{}, false), false, 16384, ""},
+       favor_kernel(hyperbolic_features<T>{}, false, 1.5), false, 16384, ""},
+      {"favor_hyp_causal", "hyperbolic features (M = 2m), causal", favor_bytes,
+       favor_kernel(hyperbolic_features<T>{}, true, 1.5), false, 16384, ""},
       {"favor_trig", "trigonometric features (M = 2m), bidirectional", favor_bytes,
-       favor_kernel(trigonometric_features<T>{}, false), false, 16384, ""},
+       favor_kernel(trigonometric_features<T>{}, false, 1.5), false, 16384, ""},
+      {"favor_trig_causal", "trigonometric features (M = 2m), causal", favor_bytes,
+       favor_kernel(trigonometric_features<T>{}, true, 1.5), false, 16384, ""},
       {"favor_pp", "FAVOR++ (calibrated per call), bidirectional", favor_bytes,
        favor_kernel(favor_plus_plus_features<T>{}, false), false, 16384, "favor_gemm"},
       {"favor_pp_causal", "FAVOR++ (A fixed at 0 until calibrated), causal", favor_bytes,
        favor_kernel(favor_plus_plus_features<T>{}, true), false, 16384, "favor_gemm"},
       {"favor_relu", "Performer-ReLU features, bidirectional (a different kernel)", favor_bytes,
        favor_kernel(relu_features<T>{}, false), false, 16384, "favor_gemm"},
+      {"favor_relu_causal", "Performer-ReLU features, causal (a different kernel)", favor_bytes,
+       favor_kernel(relu_features<T>{}, true), false, 16384, "favor_gemm"},
+      // elu + 1 has no projection: M = d features whatever m is (the linear transformer).
+      {"favor_elu", "elu + 1 features (linear transformer, M = d), bidirectional", favor_bytes,
+       favor_kernel(elu_features<T>{}, false, 0.0), false, 16384, ""},
+      {"favor_elu_causal", "elu + 1 features (linear transformer, M = d), causal", favor_bytes,
+       favor_kernel(elu_features<T>{}, true, 0.0), false, 16384, ""},
       {"decode_step", "one FAVOR+ recurrent decoding step at context N",
        [](const config& c) { return 2.0 * static_cast<double>(c.m * c.d) * sizeof(T); },
        [](const config& c) { return decode_workload<positive_features<T>>(c.n, c.d, c.m); },

@@ -120,6 +120,10 @@ int main(int argc, char** argv) {
       const auto t1 = std::chrono::steady_clock::now();
       const auto y_exact = exact_stack.forward(x);
       const auto t2 = std::chrono::steady_clock::now();
+      if (!y_favor.allFinite() || !y_exact.allFinite()) {
+        std::cerr << "error: non-finite encoding of " << proteins[p].name << "\n";
+        return 1;
+      }
       std::cout << std::left << std::setw(16) << proteins[p].name.substr(0, 15) << std::right
                 << std::setw(8) << x.rows() << std::fixed << std::setprecision(2) << std::setw(12)
                 << std::chrono::duration<double, std::milli>(t1 - t0).count() << std::setw(12)

@@ -10,6 +10,7 @@
 #include "attend.hpp"
 #include "attention/favor_attention.hpp"
 #include "attention/favor_decoder.hpp"
+#include "attention/lsh_attention.hpp"
 #include "attention/softmax_attention.hpp"
 #include "attention/tiled_softmax_attention.hpp"
 #include "attention_mask.hpp"

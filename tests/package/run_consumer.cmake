@@ -11,6 +11,7 @@
 #   EXPECT                "run" (default): configure, build and run must succeed;
 #                         "configure-failure": configure must fail with output matching
 #                         FAILURE_REGEX
+#   FIRST_LINE_ONLY       ON: only the program's first line must be the version
 #   CHECK_SUBPROJECT      ON: performer was added as a subproject and must have added no tests
 #                         and no install rules
 cmake_minimum_required(VERSION 3.21)
@@ -109,6 +110,10 @@ if(NOT _result EQUAL 0)
   message(FATAL_ERROR "[${NAME}] ${_app} exited with ${_result}:\n${_out}${_err}")
 endif()
 string(STRIP "${_out}" _out)
+if(FIRST_LINE_ONLY)
+  # Consumers that print more than the version (the examples/consumer project).
+  string(REGEX REPLACE "\n.*" "" _out "${_out}")
+endif()
 if(NOT _out STREQUAL "performer ${EXPECTED_VERSION}")
   message(FATAL_ERROR "[${NAME}] ${_app} printed '${_out}', expected 'performer ${EXPECTED_VERSION}'")
 endif()
