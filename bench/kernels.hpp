@@ -257,6 +257,13 @@ inline std::vector<kernel_info> all_kernels() {
     const double m = static_cast<double>(c.m);
     return 2.0 * (2.0 * 256.0 * m + 3.0 * m * static_cast<double>(c.d)) * sizeof(T);
   };
+  const auto lsh_flops = [](const config& c) {
+    return 8.0 * static_cast<double>(c.n) * 64.0 * static_cast<double>(c.d) * 4.0;
+  };
+  // Per round and token: bucket, position and sort keys, plus the per-query round results.
+  const auto lsh_bytes = [](const config& c) {
+    return 4.0 * static_cast<double>(c.n) * (64.0 + 2.0 * static_cast<double>(c.d) * sizeof(T));
+  };
   const auto block_bytes = [](const config& c) { return 6.0 * static_cast<double>(c.n) * 512.0 * sizeof(T); };
   // Flops of the products: 8 N m d for m features; the doubled maps (M = 2m) project m times
   // but carry 2m features (12 N m d); elu + 1 does not project and carries d features (4 N d^2).
@@ -314,6 +321,27 @@ inline std::vector<kernel_info> all_kernels() {
        favor_kernel(elu_features<T>{}, false, 0.0), false, 16384, ""},
       {"favor_elu_causal", "elu + 1 features (linear transformer, M = d), causal", favor_bytes,
        favor_kernel(elu_features<T>{}, true, 0.0), false, 16384, ""},
+      // LSH, 4 rounds, 32 buckets, chunks of 64 (each query sees up to 2 x 64 keys per round):
+      // 8 N c d h flops for the logits and the weighted values of its windows.
+      {"lsh", "Reformer LSH, shared-QK (4 hashes, 32 buckets, chunk 64)", lsh_bytes,
+       [lsh_flops](const config& c) {
+         return attention_workload(lsh_attention<T>(c.d, {}), c.n, c.d, false, lsh_flops(c));
+       },
+       false, 65536, ""},
+      {"lsh_causal", "Reformer LSH, shared-QK, causal", lsh_bytes,
+       [lsh_flops](const config& c) {
+         return attention_workload(lsh_attention<T>(c.d, {}), c.n, c.d, true, lsh_flops(c) / 2);
+       },
+       false, 65536, ""},
+      // Separate queries and keys approximate the same attention as the others, so the error
+      // against exact attention is meaningful (shared-QK is a different model).
+      {"lsh_qk", "LSH with separate Q and K hashed alike (4 hashes, 32 buckets, chunk 64)",
+       lsh_bytes,
+       [lsh_flops](const config& c) {
+         return attention_workload(lsh_attention<T>(c.d, {.shared_qk = false}), c.n, c.d, false,
+                                   lsh_flops(c), true);
+       },
+       false, 65536, ""},
       {"decode_step", "one FAVOR+ recurrent decoding step at context N",
        [](const config& c) { return 2.0 * static_cast<double>(c.m * c.d) * sizeof(T); },
        [](const config& c) { return decode_workload<positive_features<T>>(c.n, c.d, c.m); },
