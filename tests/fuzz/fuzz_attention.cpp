@@ -735,7 +735,7 @@ void tiled_entry(byte_reader& r, const header& h) {
   const auto out = run_attention("tiled_softmax_attention::forward", *mech, c, e);
   if (!out) return;
   const double delta = exact_delta(c.q, c.k);
-  if (delta > 0.05) return;
+  if (!(delta <= 0.05)) return;  // (NaN when a norm overflows double)
   if (const auto ref = softmax_reference(c)) {
     compare("tiled_softmax_attention vs softmax_attention", *out, *ref, c.v, delta, 2 * exact_rel(c));
   }
@@ -1007,7 +1007,12 @@ void run_decoder(byte_reader& r, const header& h, const Att& att, map_kind kind,
     poisoned = log_k(0) == -std::numeric_limits<T>::infinity();
   }
   if (poisoned && !strict()) return;
-  if (!first.overflowed.empty()) {  // what forward accepts, step must not reject
+  // What forward accepts, step must not reject, where the features are bounded by the
+  // stabiliser (|phi| <= 1, weights <= 1, so the state stays within n max|v|). relu and elu
+  // features are unbounded: the decoder's state sum_j phi(k_j) v_j^T may then overflow where
+  // the batch pass, multiplying phi(q) . phi(k) first, does not; both outcomes are documented.
+  const bool bounded = kind != map_kind::relu && kind != map_kind::elu;
+  if (!first.overflowed.empty() && bounded) {
     row_matrix<T> batch(n, d_v);
     typename Att::workspace_type ws;
     const outcome ob = guarded("favor_attention::forward (decoder reference)", favor_names, [&] {
@@ -1020,6 +1025,7 @@ void run_decoder(byte_reader& r, const header& h, const Att& att, map_kind kind,
     }
     return;
   }
+  if (!first.overflowed.empty()) return;
   const favor_reference ref = favor_estimate(att, c);
   if (!ref.usable) return;
   const double delta = favor_delta(kind, att, c.q, c.k, false);
@@ -1268,7 +1274,7 @@ void lsh_entry(byte_reader& r, const header& h) {
   if (!out || !oracle) return;
   // All keys in one bucket and one chunk: LSH is exact softmax attention.
   const double delta = exact_delta(c.q, c.k);
-  if (delta > 0.05) return;
+  if (!(delta <= 0.05)) return;  // (NaN when a norm overflows double)
   if (const auto ref = softmax_reference(c)) {
     compare("lsh_attention (zero rotations, one chunk) vs softmax_attention", *out, *ref, c.v,
             delta, 4 * exact_rel(c) + 8.0 * static_cast<double>(o.hashes));
