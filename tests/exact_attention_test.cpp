@@ -2,6 +2,7 @@
 // and double, with and without masks, self- and cross-attention, and extreme logits.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -112,6 +113,37 @@ TYPED_TEST(exact_case, OverflowingLogitsThrowInsteadOfNaN) {
   q *= std::numeric_limits<T>::max() / T(4);  // finite inputs whose dot products overflow
   EXPECT_THROW(run(performer::softmax_attention<T>{}, q, q, v), performer::invalid_argument);
   EXPECT_THROW(run(performer::tiled_softmax_attention<T>{}, q, q, v), performer::invalid_argument);
+}
+
+// Found by the fuzzer: every visible logit at -inf (or NaN) used to be taken for "no visible
+// key" and gave the zero row. "No visible key" is now decided from the mask alone.
+TYPED_TEST(exact_case, LogitsAllOverflowingToMinusInfThrowNotZeroRow) {
+  using T = TypeParam;
+  const T big = std::sqrt(std::numeric_limits<T>::max()) * T(4);  // |q||k| = 16 max: -inf
+  row_matrix<T> q(1, 1), k(2, 1), v(2, 1);
+  q << big;
+  k << -big, -big * T(2);
+  v << T(1), T(2);
+  EXPECT_THROW(run(performer::softmax_attention<T>{}, q, k, v), performer::invalid_argument);
+  EXPECT_THROW(run(performer::tiled_softmax_attention<T>{}, q, k, v), performer::invalid_argument);
+  // NaN logits: q.k sums +inf and -inf.
+  row_matrix<T> q2(1, 2), k2(1, 2), v2(1, 1);
+  q2 << big, big;
+  k2 << big, -big;
+  v2 << T(1);
+  EXPECT_THROW(run(performer::softmax_attention<T>{}, q2, k2, v2), performer::invalid_argument);
+  EXPECT_THROW(run(performer::tiled_softmax_attention<T>{}, q2, k2, v2), performer::invalid_argument);
+  // A query whose only visible keys are padding still gets its zero row, even beside overflow.
+  const std::vector<std::uint8_t> keep{0, 1};
+  row_matrix<T> q3(2, 1), k3(2, 1), v3(2, 1);
+  q3 << T(1), T(1);
+  k3 << T(1), T(2);
+  v3 << T(5), T(7);
+  for (const auto& out : {run(performer::softmax_attention<T>{}, q3, k3, v3, attention_mask{true, keep}),
+                          run(performer::tiled_softmax_attention<T>{}, q3, k3, v3, attention_mask{true, keep})}) {
+    EXPECT_EQ(out(0, 0), T(0));
+    EXPECT_EQ(out(1, 0), T(7));
+  }
 }
 
 TEST(ExactAttention, TiledRejectsNonPositiveTileSizes) {

@@ -188,7 +188,11 @@ class favor_attention {
     } else {
       bidirectional(map_, q, k, v, out, mask, ws);
     }
-    detail::require_finite_result(who, out);
+    PERFORMER_PRECONDITION(detail::all_finite(out), who,
+                           ": the result overflowed the scalar type or its normaliser vanished; "
+                           "the inputs are finite, but their logits are too large for it or the "
+                           "features of every key a query sees are 0 or cancel (scale q and k "
+                           "down or use double)");
   }
 
  private:
@@ -301,12 +305,17 @@ class favor_attention {
     }
   }
 
-  /// out rows = num / den, or zeros where no key was visible (den = 0 exactly).
+  /// out rows (queries row0, row0 + 1, ...) = num / den. den = 0 exactly means a zero row for
+  /// a query that sees no key (row0 + r < seeing), and for one that does, that every visible
+  /// weight underflowed or the map's estimates cancelled: that row is set to NaN, which the
+  /// result check reports (throwing here, inside a parallel region, would terminate).
   template <class Num, class Den>
-  static void normalise(const Num& num, const Den& den, matrix_ref<T> out_rows) {
+  static void normalise(const Num& num, const Den& den, matrix_ref<T> out_rows, index row0,
+                        index seeing) {
     for (index r = 0; r < out_rows.rows(); ++r) {
       if (den(r) == Acc(0)) {
-        out_rows.row(r).setZero();
+        out_rows.row(r).setConstant(row0 + r < seeing ? T(0)
+                                                      : std::numeric_limits<T>::quiet_NaN());
       } else {
         out_rows.row(r) = (num.row(r) / den(r)).template cast<T>();
       }
@@ -326,6 +335,7 @@ class favor_attention {
     });
     state_type& total = ws.states[0];
     for (index s = 1; s < segments; ++s) add_state(total, ws.states[s]);
+    const index seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
 
     detail::parallel_for(query_blocks, [&](index b, index lane_index) {
       lane_type& lane = ws.lanes[lane_index];
@@ -338,7 +348,7 @@ class favor_attention {
       auto den = lane.den.head(rows);
       num.noalias() = phi * total.sum;
       den.noalias() = phi * total.norm;
-      normalise(num, den, out.middleRows(q0, rows));
+      normalise(num, den, out.middleRows(q0, rows), q0, seeing);
     });
   }
 
@@ -380,12 +390,14 @@ class favor_attention {
                     const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
                     matrix_ref<T> out, const attention_mask& mask, index begin, index end,
                     state_type& st, lane_type& lane) const {
+    const index seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
     for (index b0 = begin; b0 < end; b0 += options_.block) {
       const index block_rows = std::min(options_.block, end - b0);
       features_of(map, q, b0, block_rows, lane.phi_q, lane.log_q, nullptr);
       features_of(map, k, b0, block_rows, lane.phi_k, lane.log_k, &mask);
       for (index c = 0; c < block_rows; c += options_.chunk) {
-        causal_chunk(b0 + c, c, std::min(options_.chunk, block_rows - c), v, out, st, lane);
+        causal_chunk(b0 + c, c, std::min(options_.chunk, block_rows - c), v, out, seeing, st,
+                     lane);
       }
     }
   }
@@ -393,7 +405,7 @@ class favor_attention {
   /// One chunk: tokens [t0, t0 + rows), whose features are rows [r0, r0 + rows) of the lane's
   /// feature buffers.
   void causal_chunk(index t0, index r0, index rows, const const_matrix_ref<T>& v,
-                    matrix_ref<T> out, state_type& st, lane_type& lane) const {
+                    matrix_ref<T> out, index seeing, state_type& st, lane_type& lane) const {
     const auto v_chunk = v.middleRows(t0, rows);
     const auto phi_q_rows = lane.phi_q.middleRows(r0, rows);
     const auto& phi_q = detail::as_accumulator<Acc>(phi_q_rows, lane.cast_q);
@@ -442,7 +454,7 @@ class favor_attention {
     }
     num.noalias() += scores * v_acc;
     den.noalias() += scores.rowwise().sum();
-    normalise(num, den, out.middleRows(t0, rows));
+    normalise(num, den, out.middleRows(t0, rows), t0, seeing);
 
     // Fold the chunk's keys into the carried state at the chunk's final shift.
     accumulate(lane.phi_k.middleRows(r0, rows), log_k, v_chunk, st, prefix_max(rows - 1), lane);

@@ -57,19 +57,24 @@ class softmax_attention {
     const T scale = T(1) / std::sqrt(static_cast<T>(q.cols()));
     ws.weights.resize(n_q, n_k);
     ws.weights.noalias() = scale * (q * k.transpose());
+    const index seeing = detail::first_seeing_query(mask, n_q, n_k);
 
     for (index i = 0; i < n_q; ++i) {
       auto row = ws.weights.row(i);
+      if (i < seeing) {  // every key this query may see is padding
+        row.setZero();
+        continue;
+      }
       const index visible = mask.causal ? i + 1 : n_k;
       T row_max = -std::numeric_limits<T>::infinity();
       for (index j = 0; j < visible; ++j) {
         if (mask.keeps(static_cast<std::size_t>(j))) row_max = std::max(row_max, row(j));
       }
+      // Visible keys but no finite maximum: every logit overflowed to -inf or is NaN (std::max
+      // skips NaN). A NaN beside a finite maximum reaches the result check below.
+      PERFORMER_PRECONDITION(row_max > -std::numeric_limits<T>::infinity(), who,
+                             detail::overflow_text);
       row.tail(n_k - visible).setZero();
-      if (row_max == -std::numeric_limits<T>::infinity()) {  // no visible key
-        row.setZero();
-        continue;
-      }
       // Masked entries are zeroed explicitly: Eigen's vectorised exp clamps and never returns 0.
       auto head = row.head(visible).array();
       head = (head - row_max).exp();

@@ -78,6 +78,7 @@ class tiled_softmax_attention {
     ws.new_max.resize(ws.tile.rows());
     ws.rescale.resize(ws.tile.rows());
     ws.keep.resize(ws.tile.cols());
+    const index seeing = detail::first_seeing_query(mask, n_q, n_k);
 
     for (index q0 = 0; q0 < n_q; q0 += query_block_) {
       const index rows = std::min(query_block_, n_q - q0);
@@ -100,8 +101,13 @@ class tiled_softmax_attention {
                       ws.rescale.head(rows), padded, diagonal, q0, k0, ws.keep);
       }
       for (index r = 0; r < rows; ++r) {
-        // l == 0 only when the query saw no key: its row stays zero, as documented.
-        if (l(r) > T(0)) acc.row(r) /= l(r);
+        if (q0 + r < seeing) {  // every key this query may see is padding
+          acc.row(r).setZero();
+          continue;
+        }
+        // Visible keys but no finite maximum: every logit overflowed to -inf, or is NaN.
+        PERFORMER_PRECONDITION(m(r) > minus_inf, who, detail::overflow_text);
+        acc.row(r) /= l(r);
       }
     }
     detail::require_finite_result(who, out);

@@ -78,13 +78,30 @@ void check_attention_args(std::string_view who, const const_matrix_ref<T>& q,
   require_finite(who, "v", v);
 }
 
-/// Throws performer::invalid_argument if a result is not finite: the inputs were finite, so the
-/// logits overflowed the scalar type. Cheap insurance that no NaN ever leaves the library.
+/// Why a result check fails: the inputs were finite (checked on entry), so the logits (or a
+/// random-feature estimate of their exponentials) left the scalar type's range.
+inline constexpr std::string_view overflow_text =
+    ": the result overflowed the scalar type; the inputs are finite but their logits are too "
+    "large for it (scale q and k down or use double)";
+
+/// Throws performer::invalid_argument if a result is not finite. Cheap insurance that no NaN
+/// ever leaves the library.
 template <class M>
 void require_finite_result(std::string_view who, const M& out) {
-  PERFORMER_PRECONDITION(all_finite(out), who,
-                         ": the result overflowed the scalar type; the inputs are finite but "
-                         "their logits are too large (scale q and k down or use double)");
+  PERFORMER_PRECONDITION(all_finite(out), who, overflow_text);
+}
+
+/**
+ * The first query that sees at least one key. "No visible key" (the documented zero row) is
+ * decided from the mask alone, never from the logits: logits that all overflow to -inf must be
+ * reported, not mistaken for padding. Without causal masking every query sees the same keys, so
+ * the answer is 0 or n_q; with it, query i sees keys 0..i, so it is the first kept key. O(N_k).
+ */
+[[nodiscard]] inline index first_seeing_query(const attention_mask& mask, index n_q, index n_k) {
+  index j = 0;
+  while (j < n_k && !mask.keeps(static_cast<std::size_t>(j))) ++j;
+  if (j == n_k) return n_q;
+  return mask.causal ? j : 0;
 }
 
 }  // namespace performer::detail
