@@ -226,6 +226,47 @@ TEST(FavorDecoder, RejectsBadInput) {
   EXPECT_THROW(decoder.prime(narrow, v), performer::invalid_argument);
 }
 
+// Found by the fuzzer: a key whose squared norm overflows float (|k| = 1e20) made the feature
+// maps return log_scale = -inf and the decoder's state NaN. Such a key's weight is 0; the maps
+// now scale before squaring, and the decoder drops it as the batch path does.
+TEST(FavorDecoder, KeyBeyondFloatRangeIsDroppedLikeTheBatchPath) {
+  const favor_attention<float> favor(2, 4, 3);
+  row_matrix<float> q(3, 2), k(3, 2), v(3, 1);
+  q << 0.5F, 0.25F, 0.5F, 0.25F, -0.3F, 0.1F;
+  k << 1.0F, 0.5F, 1e20F, 0.0F, 0.0F, 0.0F;
+  v << 1.0F, 100.0F, 3.0F;
+  const auto batch = run(favor, q, k, v, attention_mask{true, {}});
+  performer::favor_decoder<float> decoder(favor, 1);
+  row_matrix<float> stream(3, 1);
+  for (index t = 0; t < 3; ++t) decoder.step(q.row(t), k.row(t), v.row(t), stream.row(t));
+  EXPECT_LE(relative_difference(stream, batch), 1e-6);
+  EXPECT_FLOAT_EQ(stream(1, 0), 1.0F);  // token 1's key has weight 0: only value 1 is seen
+
+  // The scaled norm fits float here, so log_scale stays finite (it used to be -inf).
+  row_matrix<float> phi(1, 4);
+  performer::vector<float> log_scale(1);
+  performer::positive_features<float>{}.apply(favor.projection().matrix(),
+                                               row_matrix<float>::Constant(1, 2, 1.5e19F), phi,
+                                               log_scale);
+  EXPECT_TRUE(std::isfinite(log_scale(0)));
+}
+
+// Every visible weight underflowing (den = 0 exactly) is an overflow error, not the zero row
+// of a query without keys.
+TEST(FavorAttention, VanishingNormaliserThrowsInsteadOfZeroRow) {
+  const favor_attention<float> favor(2, 4, 3);
+  row_matrix<float> q(2, 2), k(2, 2), v(2, 1), out(2, 1);
+  q << 0.5F, 0.25F, 0.1F, 0.2F;
+  k << 3e19F, 0.0F, 0.5F, 0.5F;  // query 0 sees only key 0, whose weight is 0 in float
+  v << 1.0F, 2.0F;
+  EXPECT_THROW(run(favor, q, k, v, attention_mask{true, {}}), performer::invalid_argument);
+  performer::favor_decoder<float> decoder(favor, 1);
+  EXPECT_THROW(decoder.step(q.row(0), k.row(0), v.row(0), out.row(0)), performer::invalid_argument);
+  EXPECT_EQ(decoder.position(), 1);  // the token was added; the context stays usable
+  decoder.step(q.row(1), k.row(1), v.row(1), out.row(1));
+  EXPECT_FLOAT_EQ(out(1, 0), 2.0F);
+}
+
 TEST(FavorAttention, ProjectionRedrawAndUserMatrix) {
   favor_attention<double> favor(8, 16, 1);
   const row_matrix<double> first = favor.projection().matrix();

@@ -39,14 +39,13 @@ class favor_decoder {
       : w_(attention.projection().matrix()),
         map_(attention.feature_map()),
         m_(attention.feature_count()),
-        state_(row_matrix<Acc>::Zero(m_, value_dim)),
+        state_(row_matrix<Acc>::Zero(m_, checked_value_dim(value_dim))),
         norm_(vector<Acc>::Zero(m_)),
         phi_(1, m_),
+        phi_q_(1, m_),
         log_(1),
         phi_acc_(m_),
         out_acc_(value_dim) {
-    PERFORMER_PRECONDITION(value_dim > 0, "favor_decoder: value_dim must be positive (got ",
-                           value_dim, ")");
   }
 
   /// Forgets the context.
@@ -63,7 +62,8 @@ class favor_decoder {
   /**
    * @brief Folds a prefix of keys and values into the state without producing outputs
    * (e.g. a prompt whose outputs are not needed). Same as calling step() on each token.
-   * @throws performer::invalid_argument on shape mismatch or non-finite values.
+   * @throws performer::invalid_argument on shape mismatch or non-finite values (the state is
+   * unchanged), or when a key's features overflow T (the tokens before it stay folded).
    */
   void prime(const const_matrix_ref<T>& k, const const_matrix_ref<T>& v) {
     constexpr const char* who = "favor_decoder::prime";
@@ -73,13 +73,15 @@ class favor_decoder {
                            ", expected n x ", w_.cols(), " and n x ", state_.cols());
     detail::require_finite(who, "k", k);
     detail::require_finite(who, "v", v);
-    for (index t = 0; t < k.rows(); ++t) fold(k.row(t), v.row(t));
+    for (index t = 0; t < k.rows(); ++t) fold(who, k.row(t), v.row(t));
   }
 
   /**
    * @brief Adds token (k, v) to the context, then writes query q's output into out.
    * @param q, k 1 x d; v, out 1 x d_v.
-   * @throws performer::invalid_argument on shape mismatch or non-finite values.
+   * @throws performer::invalid_argument on shape mismatch or non-finite values, and when q's
+   * or k's features overflow T; in these cases the state is unchanged. Also when the output
+   * overflows (every weight in the context underflowed): the token has then been added.
    */
   void step(const Eigen::Ref<const row_vector<T>>& q, const Eigen::Ref<const row_vector<T>>& k,
             const Eigen::Ref<const row_vector<T>>& v, Eigen::Ref<row_vector<T>> out) {
@@ -93,27 +95,41 @@ class favor_decoder {
     detail::require_finite(who, "q", q);
     detail::require_finite(who, "k", k);
     detail::require_finite(who, "v", v);
-    fold(k, v);
-    map_.apply(w_, Eigen::Map<const row_matrix<T>>(q.data(), 1, d), phi_, log_);
-    // The query's own scale cancels between numerator and denominator.
-    phi_acc_ = phi_.row(0).template cast<Acc>();
+    // The query is mapped first, so that a query whose features overflow leaves the state as
+    // it was. Its own scale cancels between numerator and denominator.
+    map_.apply(w_, Eigen::Map<const row_matrix<T>>(q.data(), 1, d), phi_q_, log_);
+    PERFORMER_PRECONDITION(detail::all_finite(phi_q_), who, detail::overflow_text);
+    fold(who, k, v);
+    phi_acc_ = phi_q_.row(0).template cast<Acc>();
+    // The context holds at least this token, so den = 0 means every weight underflowed (or the
+    // map's estimates cancelled): NaN, reported below, never the zero row of "no key".
     const Acc den = phi_acc_.dot(norm_);
-    if (den == Acc(0)) {  // no visible key yet
-      out.setZero();
-    } else {
-      out_acc_.noalias() = phi_acc_ * state_;
-      out = (out_acc_ / den).template cast<T>();
-    }
-    PERFORMER_PRECONDITION(detail::all_finite(out), who, ": the result overflowed the scalar type");
+    out_acc_.noalias() = phi_acc_ * state_;
+    out = (out_acc_ / den).template cast<T>();
+    PERFORMER_PRECONDITION(detail::all_finite(out), who, detail::overflow_text);
   }
 
  private:
   static constexpr Acc minus_inf = -std::numeric_limits<Acc>::infinity();
 
+  /// Checked before the members are sized (a negative size would reach Eigen).
+  static index checked_value_dim(index value_dim) {
+    PERFORMER_PRECONDITION(value_dim > 0, "favor_decoder: value_dim must be positive (got ",
+                           value_dim, ")");
+    return value_dim;
+  }
+
+  /// Adds one key and value to the state. Checks before it changes anything.
   template <class K, class V>
-  void fold(const K& k, const V& v) {
+  void fold(const char* who, const K& k, const V& v) {
     map_.apply(w_, Eigen::Map<const row_matrix<T>>(k.data(), 1, w_.cols()), phi_, log_);
     const Acc log_k = static_cast<Acc>(log_(0));
+    if (log_k == minus_inf) {  // a weight below T's range is 0, as in the batch path
+      ++position_;
+      return;
+    }
+    PERFORMER_PRECONDITION(log_k < -minus_inf && detail::all_finite(phi_), who,
+                           detail::overflow_text);
     if (log_k > shift_) {
       if (shift_ != minus_inf) {
         const Acc factor = std::exp(shift_ - log_k);
@@ -134,7 +150,7 @@ class favor_decoder {
   index m_;
   row_matrix<Acc> state_;
   vector<Acc> norm_;
-  row_matrix<T> phi_;
+  row_matrix<T> phi_, phi_q_;
   vector<T> log_;
   row_vector<Acc> phi_acc_, out_acc_;  // preallocated: step() allocates nothing
   Acc shift_ = minus_inf;

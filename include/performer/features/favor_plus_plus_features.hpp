@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 
+#include "../detail/validate.hpp"
 #include "../error.hpp"
 #include "../types.hpp"
 #include "feature_map.hpp"
@@ -54,6 +55,13 @@ class favor_plus_plus_features {
     PERFORMER_PRECONDITION(q.rows() > 0 && k.rows() > 0 && q.cols() == k.cols(),
                            "favor_plus_plus_features::optimal_a: q is ", q.rows(), "x", q.cols(),
                            " and k is ", k.rows(), "x", k.cols());
+    PERFORMER_PRECONDITION(key_mask.empty() ||
+                               key_mask.size() == static_cast<std::size_t>(k.rows()),
+                           "favor_plus_plus_features::optimal_a: key_mask has ", key_mask.size(),
+                           " entries, expected ", k.rows(), " or none");
+    // A NaN here would become A = NaN, which set_a() rejects, and fail every later call.
+    detail::require_finite("favor_plus_plus_features::optimal_a", "q", q);
+    detail::require_finite("favor_plus_plus_features::optimal_a", "k", k);
     const double d = static_cast<double>(q.cols());
     const double s2 = 1.0 / std::sqrt(d);  // squared input scale d^(-1/2)
     const double mean_q2 = q.template cast<double>().rowwise().squaredNorm().mean() * s2;
@@ -104,7 +112,7 @@ class favor_plus_plus_features {
     for (index i = 0; i < x.rows(); ++i) {
       const T top = phi.row(i).maxCoeff();
       phi.row(i) = (phi.row(i).array() - top).exp() * inv_sqrt_m;
-      log_scale(i) = top + log_d - scale * scale * x.row(i).squaredNorm() / T(2);
+      log_scale(i) = top + log_d - (x.row(i) * scale).squaredNorm() / T(2);
     }
   }
 

@@ -26,7 +26,10 @@ namespace performer {
  * - phi (N x M) and log_scale (N), sized by the caller: the feature vector of row i is
  *   phi.row(i) * exp(log_scale(i)). Entries of phi are finite and bounded (the exponential maps
  *   subtract the row's largest exponent into log_scale, so no exp overflows for any finite
- *   input); log_scale is finite.
+ *   input); log_scale is finite, except that it may be -inf when the row's true log scale lies
+ *   below the scalar's range (its weight is 0 in T, e.g. |x| > 1e19 in float) and +inf when it
+ *   lies above (a weight that overflows T: attentions report that as an overflow). The maps
+ *   scale x before squaring its norm, so neither happens while the scaled norm fits in T.
  * The attention drops the queries' log scales (a per-query factor cancels) and shifts the keys'
  * by a shared running maximum (a shared factor cancels), which is why it is returned apart.
  */
@@ -46,6 +49,11 @@ template <class T>
 void check_feature_args(std::string_view who, bool uses_projection, index features,
                         const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
                         const matrix_ref<T>& phi, const Eigen::Ref<vector<T>>& log_scale) {
+  // favor_attention cannot build these shapes, but a direct call can: d = 0 would make the
+  // input scale d^(-1/4) infinite and m = 0 leave no row maximum to take.
+  PERFORMER_PRECONDITION(x.cols() > 0, who, ": x has zero width");
+  PERFORMER_PRECONDITION(!uses_projection || w.rows() > 0, who,
+                         ": the projection is empty (0 features)");
   PERFORMER_PRECONDITION(!uses_projection || w.cols() == x.cols(), who, ": x has width ",
                          x.cols(), " but the projection has width ", w.cols());
   PERFORMER_PRECONDITION(phi.rows() == x.rows() && phi.cols() == features, who, ": phi is ",

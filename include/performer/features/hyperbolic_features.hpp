@@ -33,7 +33,7 @@ struct hyperbolic_features {
       const T top = u.row(i).cwiseAbs().maxCoeff();
       phi.row(i).rightCols(m) = (-u.row(i).array() - top).exp() * inv_sqrt_2m;
       u.row(i) = (u.row(i).array() - top).exp() * inv_sqrt_2m;
-      log_scale(i) = top - scale * scale * x.row(i).squaredNorm() / T(2);
+      log_scale(i) = top - (x.row(i) * scale).squaredNorm() / T(2);
     }
   }
 };

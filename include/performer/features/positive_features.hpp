@@ -31,7 +31,7 @@ struct positive_features {
     for (index i = 0; i < x.rows(); ++i) {
       const T top = phi.row(i).maxCoeff();
       phi.row(i) = ((phi.row(i).array() - top) * scale).exp() * inv_sqrt_m;
-      log_scale(i) = top * scale - scale * scale * x.row(i).squaredNorm() / T(2);
+      log_scale(i) = top * scale - (x.row(i) * scale).squaredNorm() / T(2);
     }
   }
 };

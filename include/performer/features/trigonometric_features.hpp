@@ -34,7 +34,7 @@ struct trigonometric_features {
     phi.rightCols(m) = u.array().cos() * inv_sqrt_m;
     u = u.array().sin() * inv_sqrt_m;
     for (index i = 0; i < x.rows(); ++i) {
-      log_scale(i) = scale * scale * x.row(i).squaredNorm() / T(2);
+      log_scale(i) = (x.row(i) * scale).squaredNorm() / T(2);
     }
   }
 };
