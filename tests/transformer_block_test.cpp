@@ -228,4 +228,32 @@ TEST(TransformerStack, EqualsItsBlocksAppliedInTurnThenTheFinalNorm) {
                performer::invalid_argument);
 }
 
+// Found by the fuzzer: with an even layer count no block saw x and y together, so aliasing
+// went unchecked; and the final LayerNorm turned a finite row near FLT_MAX into NaN.
+TEST(TransformerStack, RejectsAliasingForAnyLayerCountAndNormalisesHugeRows) {
+  const block_config cfg{.d_model = 4, .heads = 1};
+  for (const index layers : {1, 2}) {
+    performer::transformer_stack<performer::softmax_attention<float>> stack(cfg, layers, performer::softmax_attention<float>{});
+    auto x = random_matrix<float>(3, 4, 5);
+    decltype(stack)::workspace_type ws;
+    EXPECT_THROW(stack.forward(x, x, {}, ws), performer::invalid_argument);
+  }
+  performer::transformer_stack<performer::softmax_attention<float>> stack(cfg, 1, performer::softmax_attention<float>{});
+  auto p = stack.layer(0).parameters();
+  p.w_ff1.setZero();
+  p.w_ff2.setZero();
+  p.w_o.setZero();
+  const float top = std::numeric_limits<float>::max();
+  p.b_ff2 << std::numeric_limits<float>::lowest(), top, top, top;
+  stack.layer(0).set_parameters(p);
+  const row_matrix<float> x = row_matrix<float>::Zero(2, 4);
+  const auto y = stack.forward(x);
+  // LayerNorm of (-M, M, M, M): mean M/2, deviations (-3, 1, 1, 1) M/2, std sqrt(3) M/2.
+  const float r3 = std::sqrt(3.0F);
+  for (index i = 0; i < 2; ++i) {
+    EXPECT_NEAR(y(i, 0), -r3, 1e-5F);
+    for (index j = 1; j < 4; ++j) EXPECT_NEAR(y(i, j), 1.0F / r3, 1e-5F);
+  }
+}
+
 }  // namespace

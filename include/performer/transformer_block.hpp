@@ -56,15 +56,27 @@ struct block_parameters {
 namespace detail {
 
 /// Row-wise LayerNorm: out_i = (x_i - mean_i) / sqrt(var_i + eps) * gain + bias.
+/// A finite row whose sum or squared deviations overflow T (entries beyond ~1e19 in float) is
+/// divided by its largest magnitude s first: LayerNorm is unchanged by that except that eps
+/// becomes eps / s^2, so every finite row gives a finite result. The common path is unscaled.
 template <class T, class In, class Out>
 void layer_norm(const In& x, const row_vector<T>& gain, const row_vector<T>& bias, T eps,
                 Out&& out) {
   const T inv_d = T(1) / static_cast<T>(x.cols());
   for (index i = 0; i < x.rows(); ++i) {
-    const T mean = x.row(i).sum() * inv_d;
-    const T var = (x.row(i).array() - mean).square().sum() * inv_d;
-    const T inv_std = T(1) / std::sqrt(var + eps);
-    out.row(i) = ((x.row(i).array() - mean) * inv_std * gain.array() + bias.array()).matrix();
+    const auto row = x.row(i).array();
+    T s = T(1);
+    T mean = row.sum() * inv_d;
+    T var = (row - mean).square().sum() * inv_d;
+    if (!std::isfinite(var)) {
+      s = row.abs().maxCoeff();
+      mean = (row / s).sum() * inv_d;
+      var = (row / s - mean).square().sum() * inv_d;
+    }
+    // 0 only for a constant row whose eps / s^2 underflowed: its deviations are all 0.
+    const T denom = var + eps / (s * s);
+    const T inv_std = denom > T(0) ? T(1) / std::sqrt(denom) : T(0);
+    out.row(i) = ((row / s - mean) * inv_std * gain.array() + bias.array()).matrix();
   }
 }
 
@@ -362,13 +374,25 @@ class transformer_stack {
       : transformer_stack(config, layers, [&attention](index) { return attention; }, seed) {}
 
   [[nodiscard]] index layers() const noexcept { return static_cast<index>(blocks_.size()); }
-  [[nodiscard]] const block_type& layer(index l) const { return blocks_.at(static_cast<std::size_t>(l)); }
-  [[nodiscard]] block_type& layer(index l) { return blocks_.at(static_cast<std::size_t>(l)); }
+  /// Layer l, for reading or loading parameters. @throws invalid_argument unless 0 <= l < layers().
+  [[nodiscard]] const block_type& layer(index l) const {
+    check_layer(l);
+    return blocks_[static_cast<std::size_t>(l)];
+  }
+  [[nodiscard]] block_type& layer(index l) {
+    check_layer(l);
+    return blocks_[static_cast<std::size_t>(l)];
+  }
 
   /// Runs every layer, then the final LayerNorm (pre-LN only). Same contract as the block's.
   void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
                std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    constexpr const char* who = "transformer_stack::forward";
     const auto& cfg = blocks_.front().config();
+    // Checked here: with an even number of layers no block sees x and y together.
+    PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == x.cols(), who, ": y is ",
+                           detail::shape(y), " but x is ", detail::shape(x));
+    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
     ws.buffer.resize(x.rows(), x.cols());
     // Layer l writes into y when (layers - l) is odd, so that the last layer writes y.
     bool into_y = blocks_.size() % 2 == 1;
@@ -386,6 +410,7 @@ class transformer_stack {
       ws.buffer = y;
       detail::layer_norm(ws.buffer, final_gain_, final_bias_,
                          static_cast<scalar_type>(cfg.layer_norm_eps), y);
+      detail::require_finite_result(who, y);  // a gain or bias near T's limit can overflow
     }
   }
 
@@ -398,6 +423,11 @@ class transformer_stack {
   }
 
  private:
+  void check_layer(index l) const {
+    PERFORMER_PRECONDITION(l >= 0 && l < layers(), "transformer_stack::layer: index ", l,
+                           " out of range (", layers(), " layers)");
+  }
+
   std::vector<block_type> blocks_;
   row_vector<scalar_type> final_gain_, final_bias_;
 };
