@@ -72,7 +72,7 @@ using keep_mask = std::vector<std::uint8_t>;
 // function) ----------------------------------------------------------------------------------
 
 /// Softmax over the keys `seen[i][j] > 0` of each query, with the logits of the documented
-/// key choice: shared-QK keys q_j / |q_j| and a self logit lowered by 1e5.
+/// key choice: shared-QK keys q_j / |q_j| and a self logit l replaced by -|l| - 1e5.
 row_matrix<double> softmax_over(const std::vector<std::vector<int>>& seen,
                                 const row_matrix<double>& q, const row_matrix<double>& k,
                                 const row_matrix<double>& v, bool shared) {
@@ -92,7 +92,7 @@ row_matrix<double> softmax_over(const std::vector<std::vector<int>>& seen,
         dot += static_cast<long double>(q(i, c)) * key;
       }
       dot *= scale;
-      if (shared && i == j) dot -= 1e5L;
+      if (shared && i == j) dot = -std::abs(dot) - 1e5L;
       s[static_cast<std::size_t>(j)] = dot;
       mx = std::max(mx, dot);
     }
@@ -116,7 +116,7 @@ bool keeps(const keep_mask& keep, index j) {
 }
 
 /// Full shared-QK attention: every valid key (j <= i when causal), keys = normalised queries,
-/// self logit lowered by 1e5.
+/// self logit l replaced by -|l| - 1e5.
 row_matrix<double> exact_shared(const row_matrix<double>& q, const row_matrix<double>& v,
                                 bool causal, const keep_mask& keep = {}) {
   std::vector<std::vector<int>> seen(static_cast<std::size_t>(q.rows()),

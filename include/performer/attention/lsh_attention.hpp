@@ -307,7 +307,11 @@ class lsh_attention {
   /// Fewest multiply-adds worth a parallel region: below it, waking threads costs more than
   /// it saves (and far more on a loaded machine, where a region waits for a descheduled thread).
   static constexpr index parallel_work = index{1} << 20;
-  /// The paper's and trax's self-mask: finite so that a token alone in its window keeps itself.
+  /// The self-mask: finite so that a token alone in its window keeps itself (as in the paper
+  /// and trax), and applied as "self logit := -|self logit| - 1e5". A token's own logit
+  /// |q_i| / sqrt(d) is the largest it has and every other is at least its negative (keys are
+  /// unit vectors), so the self logit ends 1e5 below all others at any norm; trax's plain
+  /// -1e5 stops masking once |q_i| / sqrt(d) nears 1e5.
   static constexpr T self_penalty = T(1e5);
   /// Buckets and chunk indices are stored in 32 bits (half the memory, twice the SIMD lanes).
   static constexpr index max_buckets = index{1} << 30;
@@ -675,7 +679,7 @@ class lsh_attention {
     }
     if (options_.shared_qk) {
       const index* self = std::lower_bound(ks, ks + e, i);
-      if (self != ks + e && *self == i) row(self - ks) -= self_penalty;
+      if (self != ks + e && *self == i) row(self - ks) = -std::abs(row(self - ks)) - self_penalty;
     }
     T& running_max = ws.row_max[static_cast<std::size_t>(i)];
     T& running_sum = ws.row_sum[static_cast<std::size_t>(i)];
