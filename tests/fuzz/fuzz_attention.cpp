@@ -931,18 +931,30 @@ void run_decoder(byte_reader& r, const header& h, const Att& att, map_kind kind,
       const auto pv = c.v.topRows(std::min(c.v.rows(), primed + (md == mode::v_rows ? 1 : 0)));
       const bool invalid = pk.cols() != head_dim || pv.cols() != d_v || pk.rows() != pv.rows() ||
                            !all_finite(pk) || !all_finite(pv);
+      const index before = de.position();
       const outcome o = guarded("favor_decoder::prime", names, [&] { de.prime(pk, pv); });
-      expect_acceptance("favor_decoder::prime", o, invalid);
+      // A key whose features overflow T is rejected (documented), after the keys before it
+      // were folded: position() tells how many.
+      const bool overflow = !o.ok && !invalid && o.message.find("overflow") != std::string::npos;
+      if (!overflow) expect_acceptance("favor_decoder::prime", o, invalid);
       if (o.ok) {
         res.folded += primed;
       } else {
         res.all_ok = false;
+        if (overflow) {
+          if (de.position() < before || de.position() >= before + primed) {
+            bug(cat("favor_decoder::prime: position ", de.position(), " after rejecting one of ",
+                    primed, " keys from position ", before));
+          }
+          res.folded += de.position() - before;
+        }
       }
     }
     for (index t = primed; t < n; ++t) {
       const bool invalid = c.q.cols() != head_dim || c.k.cols() != head_dim || out_w != d_v ||
                            !all_finite(c.q.row(t)) || !all_finite(c.k.row(t)) ||
                            !all_finite(c.v.row(t));
+      const index before_step = de.position();
       const outcome o = guarded("favor_decoder::step", names, [&] {
         de.step(c.q.row(t), c.k.row(t), c.v.row(t), res.out.row(t));
       });
@@ -954,10 +966,12 @@ void run_decoder(byte_reader& r, const header& h, const Att& att, map_kind kind,
           if (o.message.find("overflow") == std::string::npos) {
             bug(cat("favor_decoder::step: rejected valid input: ", o.message));
           }
-          // step() folds the token before it checks the output, as documented ("adds token
-          // (k, v) to the context, then writes ...").
+          // Documented: features of q or k that overflow leave the state as it was; an output
+          // that overflows leaves the token folded.
+          const index advanced = de.position() - before_step;
+          if (advanced != 0 && advanced != 1) bug("favor_decoder::step: position moved by more than 1");
           res.overflowed.push_back(t);
-          ++res.folded;
+          res.folded += advanced;
         }
         continue;
       }
@@ -983,8 +997,20 @@ void run_decoder(byte_reader& r, const header& h, const Att& att, map_kind kind,
   // stabiliser (|phi| <= 1, weights <= 1, so the state stays within n max|v|). relu and elu
   // features are unbounded: the decoder's state sum_j phi(k_j) v_j^T may then overflow where
   // the batch pass, multiplying phi(q) . phi(k) first, does not; both outcomes are documented.
+  // Also, the decoder rescales its state when the running maximum of the keys' log scales rises,
+  // where the batch pass rescales after its products: when the log scales spread by more than
+  // the exponent range of T, old state entries underflow to 0 in the decoder only, and a query
+  // resting on them gets a vanishing normaliser (reported) where the batch does not.
+  bool wide_spread = false;
+  {
+    row_matrix<T> phi(n, att.feature_count());
+    performer::vector<T> log_k(n);
+    att.feature_map().apply(att.projection().matrix(), c.k, phi, log_k);
+    const double spread = static_cast<double>(log_k.maxCoeff()) - static_cast<double>(log_k.minCoeff());
+    wide_spread = !(spread < 0.5 * -std::log(static_cast<double>(std::numeric_limits<T>::min())));
+  }
   const bool bounded = kind != map_kind::relu && kind != map_kind::elu;
-  if (!first.overflowed.empty() && bounded) {
+  if (!first.overflowed.empty() && bounded && !wide_spread) {
     row_matrix<T> batch(n, d_v);
     typename Att::workspace_type ws;
     const outcome ob = guarded("favor_attention::forward (decoder reference)", favor_names, [&] {
