@@ -1114,7 +1114,10 @@ void run_favor(byte_reader& r, const header& h, map_kind kind, Map map, Sampler 
   }
   if constexpr (std::is_same_v<Map, performer::favor_plus_plus_features<T>>) {
     if ((f & 16U) != 0 && c.q.rows() > 0 && c.k.rows() > 0 && c.q.cols() == c.k.cols()) {
-      att->feature_map().calibrate(c.q, c.k);
+      const outcome o = guarded("favor_plus_plus_features::calibrate", {"favor_plus_plus_features"},
+                                [&] { att->feature_map().calibrate(c.q, c.k); });
+      expect_acceptance("favor_plus_plus_features::calibrate", o,
+                        !all_finite(c.q) || !all_finite(c.k));
     }
   }
 

@@ -1,7 +1,8 @@
 # cmake -DFUZZER=<exe> -DSEEDS=<seed corpus dir> -DWORK=<scratch dir> -DSECONDS=<n> -P run_smoke.cmake
 #
 # Copies the seed corpus into WORK/corpus (fresh each run), fuzzes it for SECONDS seconds in one
-# process, and fails if the fuzzer reports a crash, a sanitizer error or a contract violation.
+# process with a fixed mutation seed (so that CI explores the same inputs on every run, up to
+# how far it gets in the time), and fails if the fuzzer reports a crash, a sanitizer error or a contract violation.
 # Crash inputs land in WORK/artifacts/.
 foreach(_var FUZZER SEEDS WORK SECONDS)
   if(NOT DEFINED ${_var})
@@ -19,7 +20,7 @@ file(COPY ${_seeds} DESTINATION "${WORK}/corpus")
 
 execute_process(
   COMMAND "${FUZZER}" "${WORK}/corpus"
-          -max_total_time=${SECONDS} -timeout=30 -rss_limit_mb=2048
+          -seed=1 -max_total_time=${SECONDS} -timeout=30 -rss_limit_mb=2048
           -print_final_stats=1 "-artifact_prefix=${WORK}/artifacts/"
   RESULT_VARIABLE _rc)
 if(NOT _rc EQUAL 0)
