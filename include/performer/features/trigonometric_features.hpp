@@ -26,6 +26,9 @@ struct trigonometric_features {
              Eigen::Ref<vector<T>> log_scale) const {
     const index m = w.rows();
     detail::check_feature_args<T>("trigonometric_features::apply", true, 2 * m, w, x, phi, log_scale);
+    if (x.rows() == 0) {
+      return;  // phi may be a null view: even taking its halves is pointer arithmetic on null
+    }
     const T scale = detail::softmax_input_scale<T>(x.cols());
     const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(m));
     auto u = phi.leftCols(m);
