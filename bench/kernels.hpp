@@ -52,6 +52,16 @@ struct kernel_info {
   std::string ceiling;
 };
 
+/// Longest N the full run (the sweep's --full, PERFORMER_BENCH_FULL=1) takes a kernel to:
+/// 65,536 for quadratic ones, 1,048,576 for linear ones, but 16,384 for a whole block (eight
+/// heads and a 2,048-wide feed-forward: at 65,536 the tiled block alone would take about 12
+/// minutes, and the FAVOR+ block as long at 1M) and for the materialized softmax (N x N floats:
+/// 16 GiB at 65,536).
+inline index full_max_n(const kernel_info& k) {
+  if (k.name.rfind("block", 0) == 0 || k.name == "softmax") return 16384;
+  return k.quadratic ? 65536 : 1048576;
+}
+
 /// Queries and keys are uniform in [-s, s]^d with s = qk_scale (values in [-1, 1]^d). The
 /// scale sets the regime: random-feature variance grows like exp(|q~ + k~|^2) with
 /// q~ = d^(-1/4) q, so s = 1 (|q~|^2 = d^(1/2) / 3, 2.7 at d = 64) is a hard case for FAVOR and

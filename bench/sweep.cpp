@@ -384,7 +384,7 @@ int main(int argc, char** argv) {
     const bool uses_m = name.find("favor") != std::string::npos || name == "decode_step";
     // Explicit lengths (--n, --protein) are run as given; otherwise each kernel's own limit.
     for (const idx n : lengths) {
-      const idx max_n = full ? (k.quadratic ? 65536 : 1048576) : k.quick_max_n;
+      const idx max_n = full ? performer::bench::full_max_n(k) : k.quick_max_n;
       if (!lengths_given && n > max_n) continue;
       for (const idx m : feature_counts) {
         plan.push_back({name, n, m});

@@ -377,20 +377,20 @@ class favor_attention {
       add_state(ws.states[s], ws.states[segments + 2 * (s - 1) + 1]);
     }
     // Pass 2: every segment's causal pass from its starting state.
+    const index seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
     detail::parallel_for(segments, [&](index s, index lane) {
-      causal_range(map, q, k, v, out, mask, segment_start(n, segments, s),
+      causal_range(map, q, k, v, out, mask, seeing, segment_start(n, segments, s),
                    segment_start(n, segments, s + 1), ws.states[s], ws.lanes[lane]);
     });
   }
 
-  /// The chunked causal pass over tokens [begin, end), carrying st (the keys before `begin`).
-  /// Features are mapped B rows at a time (one larger product amortises packing the
-  /// projection), then consumed C rows at a time.
+  /// The chunked causal pass over tokens [begin, end), carrying st (the keys before `begin`);
+  /// `seeing` is the first query that sees a key. Features are mapped B rows at a time (one
+  /// larger product amortises packing the projection), then consumed C rows at a time.
   void causal_range(const FeatureMap& map, const const_matrix_ref<T>& q,
                     const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
-                    matrix_ref<T> out, const attention_mask& mask, index begin, index end,
-                    state_type& st, lane_type& lane) const {
-    const index seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
+                    matrix_ref<T> out, const attention_mask& mask, index seeing, index begin,
+                    index end, state_type& st, lane_type& lane) const {
     for (index b0 = begin; b0 < end; b0 += options_.block) {
       const index block_rows = std::min(options_.block, end - b0);
       features_of(map, q, b0, block_rows, lane.phi_q, lane.log_q, nullptr);
