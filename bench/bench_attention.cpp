@@ -40,7 +40,8 @@ const int registered = [] {
   for (const auto& kernel : performer::bench::all_kernels()) {
     // The protein encoder is the sweep's --protein demonstration (minutes per configuration).
     if (kernel.name.rfind("protein_", 0) == 0) continue;
-    Eigen::Index max_n = full ? performer::bench::full_max_n(kernel) : kernel.quadratic ? 16384 : 65536;
+    Eigen::Index max_n =
+        full ? performer::bench::full_max_n(kernel) : kernel.quadratic ? 16384 : 65536;
     if (!full && kernel.name.rfind("block", 0) == 0) max_n = 4096;
     auto* b = benchmark::RegisterBenchmark(kernel.name.c_str(), run_kernel, kernel);
     b->RangeMultiplier(4)->Range(256, max_n)->Unit(benchmark::kMillisecond)->UseRealTime();
