@@ -3,10 +3,10 @@
 #pragma once
 
 #define PERFORMER_VERSION_MAJOR 0
-#define PERFORMER_VERSION_MINOR 1
+#define PERFORMER_VERSION_MINOR 2
 #define PERFORMER_VERSION_PATCH 0
 
 namespace performer {
 /// Version as "major.minor.patch".
-inline constexpr const char* version_string = "0.1.0";
+inline constexpr const char* version_string = "0.2.0";
 }  // namespace performer

@@ -5,19 +5,19 @@
 
 #include <cstdint>
 
-#include "../attention_mask.hpp"
-#include "../detail/random.hpp"
-#include "../types.hpp"
+#include "../core/attention_mask.hpp"
+#include "../random/detail/generator.hpp"
+#include "../core/types.hpp"
 
 namespace performer::conformance {
 
 /// Uniform [-scale, scale) entries from a fixed seed.
 template <class T>
-row_matrix<T> random_matrix(index rows, index cols, std::uint64_t seed, double scale = 1.0) {
+row_matrix<T> random_matrix(index_t rows, index_t cols, std::uint64_t seed, double scale = 1.0) {
   detail::xoshiro256ss rng(seed);
   row_matrix<T> m(rows, cols);
-  for (index i = 0; i < rows; ++i) {
-    for (index j = 0; j < cols; ++j) m(i, j) = static_cast<T>((2 * rng.uniform() - 1) * scale);
+  for (index_t i = 0; i < rows; ++i) {
+    for (index_t j = 0; j < cols; ++j) m(i, j) = static_cast<T>((2 * rng.uniform() - 1) * scale);
   }
   return m;
 }

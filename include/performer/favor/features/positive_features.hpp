@@ -1,0 +1,42 @@
+/// @file favor/features/positive_features.hpp
+/// @brief FAVOR+ positive random features (Performer Lemma 1; docs/algorithms.md §3.1).
+#pragma once
+
+#include <cmath>
+
+#include "../../core/types.hpp"
+#include "../feature_map.hpp"
+
+namespace performer {
+
+/**
+ * @brief phi(x) = exp(W x~ - |x~|^2 / 2) / sqrt(m), x~ = x d^(-1/4): an unbiased, positive
+ * estimator of exp(q . k / sqrt(d)). M = m. The row's largest exponent goes to log_scale, so
+ * every entry lies in (0, 1/sqrt(m)]. Time O(N m d).
+ */
+template <real_scalar T>
+struct positive_features {
+  static constexpr bool uses_projection = true;
+
+  [[nodiscard]] index_t feature_count(index_t m, index_t /*d*/) const { return m; }
+
+  void apply(const const_matrix_ref<T>& w, const const_matrix_ref<T>& x, matrix_ref<T> phi,
+             Eigen::Ref<vector<T>> log_scale) const {
+    detail::check_feature_args<T>("positive_features::apply", true, w.rows(), w, x, phi, log_scale);
+    const T scale = detail::softmax_input_scale<T>(x.cols());
+    const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(w.rows()));
+    // The scale is applied inside the exp (it is positive, so the row maximum is unchanged):
+    // a scaled product expression would make Eigen allocate a temporary for one-row inputs.
+    phi.noalias() = x * w.transpose();
+    for (index_t i = 0; i < x.rows(); ++i) {
+      const T top = phi.row(i).maxCoeff();
+      phi.row(i) = ((phi.row(i).array() - top) * scale).exp() * inv_sqrt_m;
+      log_scale(i) = top * scale - (x.row(i) * scale).squaredNorm() / T(2);
+    }
+  }
+};
+
+static_assert(feature_map<positive_features<float>, float>);
+static_assert(feature_map<positive_features<double>, double>);
+
+}  // namespace performer

@@ -1,0 +1,272 @@
+/// @file nn/transformer_block.hpp
+/// @brief The shared Transformer block, templated on the attention mechanism: any type that
+/// models attention_mechanism drops in unchanged.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <utility>
+
+#include "../core/attention_mask.hpp"
+#include "../core/concepts.hpp"
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+#include "../core/validate.hpp"
+#include "../random/detail/generator.hpp"
+#include "layers.hpp"
+
+namespace performer {
+
+/// Shape and options of a transformer_block.
+struct block_config {
+  index_t d_model = 0;       ///< model width; must be a positive multiple of `heads`
+  index_t heads = 1;         ///< attention heads; head width is d_model / heads
+  index_t d_ff = 0;          ///< feed-forward width; 0 means 4 * d_model
+  bool causal = false;     ///< decoder-only (causal) when true, encoder (bidirectional) when false
+  norm_placement norm = norm_placement::pre;
+  activation ffn_activation = activation::gelu;
+  double layer_norm_eps = 1e-5;
+};
+
+/**
+ * @brief Trainable parameters of one block. Linear maps act on row vectors: y = x W + b, so
+ * W is (inputs x outputs), the transpose of PyTorch's nn.Linear weight.
+ */
+template <real_scalar T>
+struct block_parameters {
+  row_matrix<T> w_q, w_k, w_v, w_o;  ///< d_model x d_model
+  row_vector<T> b_q, b_k, b_v, b_o;  ///< 1 x d_model
+  row_vector<T> norm1_gain, norm1_bias, norm2_gain, norm2_bias;  ///< 1 x d_model
+  row_matrix<T> w_ff1;  ///< d_model x d_ff
+  row_vector<T> b_ff1;  ///< 1 x d_ff
+  row_matrix<T> w_ff2;  ///< d_ff x d_model
+  row_vector<T> b_ff2;  ///< 1 x d_model
+};
+
+/**
+ * @brief One Transformer layer: multi-head self-attention through `Attention`, LayerNorm,
+ * a two-layer feed-forward sublayer and residual connections. Inference forward pass.
+ *
+ * Pre-LN: y = x + MHA(LN1(x)); y = y + FFN(LN2(y)). Post-LN: y = LN1(x + MHA(x));
+ * y = LN2(y + FFN(y)). Heads are zero-copy column slices of the projected Q, K, V; every head
+ * uses the same mechanism object (for FAVOR+: the same random features, as in the Performer).
+ *
+ * Complexity for N tokens, width D, F = d_ff, h heads: time O(N D^2 + N D F) for the
+ * projections plus h times the mechanism's cost at head width D/h; workspace O(N D) plus the
+ * mechanism's workspace plus O(B F) for the feed-forward, which runs in row blocks of B = 256.
+ *
+ * forward() is const and keeps no state: one block can be shared by threads, each passing its
+ * own workspace.
+ *
+ * @tparam Attention a model of attention_mechanism; its scalar is the block's scalar.
+ */
+template <attention_mechanism Attention>
+class transformer_block {
+ public:
+  using attention_type = Attention;
+  using scalar_type = typename Attention::scalar_type;
+  using parameters_type = block_parameters<scalar_type>;
+
+  /// Scratch memory of forward(); reuse it across calls of the same shapes.
+  struct workspace_type {
+    row_matrix<scalar_type> normed, q, k, v, context, hidden;
+    typename Attention::workspace_type attention;
+  };
+
+  /**
+   * @param config widths and options.
+   * @param attention the mechanism, configured for head width d_model / heads.
+   * @param seed initialises the parameters deterministically (Xavier-uniform weights, zero
+   * biases, unit LayerNorm gains): the same seed gives the same bits on every platform.
+   * @throws performer::invalid_argument if d_model or heads is not positive, heads does not
+   * divide d_model, d_ff is negative, or layer_norm_eps is not positive and finite.
+   */
+  transformer_block(const block_config& config, Attention attention, std::uint64_t seed = 0)
+      : config_(validated(config)), attention_(std::move(attention)) {
+    using T = scalar_type;
+    const index_t d = config_.d_model;
+    const index_t f = config_.d_ff;
+    detail::xoshiro256ss rng(seed);
+    for (auto* w : {&params_.w_q, &params_.w_k, &params_.w_v, &params_.w_o}) {
+      detail::fill_uniform(*w, d, d, rng);
+    }
+    detail::fill_uniform(params_.w_ff1, d, f, rng);
+    detail::fill_uniform(params_.w_ff2, f, d, rng);
+    for (auto* b : {&params_.b_q, &params_.b_k, &params_.b_v, &params_.b_o, &params_.norm1_bias,
+                    &params_.norm2_bias, &params_.b_ff2}) {
+      *b = row_vector<T>::Zero(d);
+    }
+    params_.b_ff1 = row_vector<T>::Zero(f);
+    params_.norm1_gain = row_vector<T>::Ones(d);
+    params_.norm2_gain = row_vector<T>::Ones(d);
+  }
+
+  [[nodiscard]] const block_config& config() const noexcept { return config_; }
+  [[nodiscard]] const Attention& attention() const noexcept { return attention_; }
+  /// Mutable access, e.g. to redraw FAVOR+ features between training steps.
+  [[nodiscard]] Attention& attention() noexcept { return attention_; }
+  [[nodiscard]] const parameters_type& parameters() const noexcept { return params_; }
+
+  /**
+   * @brief Replaces all parameters (e.g. trained weights).
+   * @throws performer::invalid_argument naming the first parameter whose shape differs from the
+   * config or which holds a non-finite value.
+   */
+  void set_parameters(parameters_type p) {
+    const index_t d = config_.d_model;
+    const index_t f = config_.d_ff;
+    const auto check = [](const char* name, const auto& m, index_t rows, index_t cols) {
+      PERFORMER_PRECONDITION(m.rows() == rows && m.cols() == cols,
+                             "transformer_block::set_parameters: ", name, " is ", m.rows(), "x",
+                             m.cols(), ", expected ", rows, "x", cols);
+      require_finite("transformer_block::set_parameters", name, m);
+    };
+    check("w_q", p.w_q, d, d);
+    check("w_k", p.w_k, d, d);
+    check("w_v", p.w_v, d, d);
+    check("w_o", p.w_o, d, d);
+    check("b_q", p.b_q, 1, d);
+    check("b_k", p.b_k, 1, d);
+    check("b_v", p.b_v, 1, d);
+    check("b_o", p.b_o, 1, d);
+    check("norm1_gain", p.norm1_gain, 1, d);
+    check("norm1_bias", p.norm1_bias, 1, d);
+    check("norm2_gain", p.norm2_gain, 1, d);
+    check("norm2_bias", p.norm2_bias, 1, d);
+    check("w_ff1", p.w_ff1, d, f);
+    check("b_ff1", p.b_ff1, 1, f);
+    check("w_ff2", p.w_ff2, f, d);
+    check("b_ff2", p.b_ff2, 1, d);
+    params_ = std::move(p);
+  }
+
+  /**
+   * @brief y = block(x) for one sequence.
+   * @param x N x d_model input. @param y N x d_model output, sized by the caller, not
+   * overlapping x. @param key_mask empty, or one entry per token (0 = padding).
+   * @param ws scratch memory.
+   * @throws performer::invalid_argument on an empty or non-finite x, a width other than
+   * d_model, a mask of the wrong length, aliasing, or anything the mechanism rejects.
+   */
+  void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
+               std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    using T = scalar_type;
+    constexpr const char* who = "transformer_block::forward";
+    const index_t n = x.rows();
+    const index_t d = config_.d_model;
+    PERFORMER_PRECONDITION(n > 0, who, ": empty sequence (x is ", detail::shape(x), ")");
+    PERFORMER_PRECONDITION(x.cols() == d, who, ": x is ", detail::shape(x),
+                           " but d_model is ", d);
+    PERFORMER_PRECONDITION(y.rows() == n && y.cols() == d, who, ": y is ", detail::shape(y),
+                           ", expected ", n, "x", d);
+    PERFORMER_PRECONDITION(key_mask.empty() || key_mask.size() == static_cast<std::size_t>(n),
+                           who, ": key_mask has ", key_mask.size(), " entries, expected ", n,
+                           " (one per token) or none");
+    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
+    require_finite(who, "x", x);
+
+    const T eps = static_cast<T>(config_.layer_norm_eps);
+    const bool pre = config_.norm == norm_placement::pre;
+    ws.normed.resize(n, d);
+    if (pre) detail::layer_norm(x, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
+    attend(pre ? const_matrix_ref<T>(ws.normed) : x, key_mask, ws);
+
+    // Residual around attention: y = x + context W_o + b_o.
+    y.noalias() = ws.context * params_.w_o;
+    y.rowwise() += params_.b_o;
+    y += x;
+    if (!pre) {
+      detail::layer_norm(y, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
+      y = ws.normed;
+    }
+    feed_forward(y, ws);
+    require_finite_result(who, y);
+  }
+
+  /// Convenience overload that allocates the result and a workspace.
+  [[nodiscard]] row_matrix<scalar_type> forward(const const_matrix_ref<scalar_type>& x,
+                                                std::span<const std::uint8_t> key_mask = {}) const {
+    row_matrix<scalar_type> y(x.rows(), x.cols());
+    workspace_type ws;
+    forward(x, y, key_mask, ws);
+    return y;
+  }
+
+ private:
+  static constexpr index_t ffn_rows = 256;
+
+  static block_config validated(block_config c) {
+    constexpr const char* who = "transformer_block";
+    PERFORMER_PRECONDITION(c.d_model > 0, who, ": d_model must be positive (got ", c.d_model, ")");
+    PERFORMER_PRECONDITION(c.heads > 0, who, ": heads must be positive (got ", c.heads, ")");
+    PERFORMER_PRECONDITION(c.d_model % c.heads == 0, who, ": heads (", c.heads,
+                           ") does not divide d_model (", c.d_model, ")");
+    PERFORMER_PRECONDITION(c.d_ff >= 0, who, ": d_ff must be >= 0 (got ", c.d_ff, ")");
+    PERFORMER_PRECONDITION(std::isfinite(c.layer_norm_eps) && c.layer_norm_eps > 0, who,
+                           ": layer_norm_eps must be positive and finite (got ",
+                           c.layer_norm_eps, ")");
+    if (c.d_ff == 0) c.d_ff = 4 * c.d_model;
+    return c;
+  }
+
+  /// Multi-head attention of `h` into ws.context (before the output projection).
+  void attend(const const_matrix_ref<scalar_type>& h, std::span<const std::uint8_t> key_mask,
+              workspace_type& ws) const {
+    const index_t n = h.rows();
+    const index_t d = config_.d_model;
+    const index_t dh = d / config_.heads;
+    ws.q.resize(n, d);
+    ws.k.resize(n, d);
+    ws.v.resize(n, d);
+    ws.context.resize(n, d);
+    ws.q.noalias() = h * params_.w_q;
+    ws.q.rowwise() += params_.b_q;
+    ws.k.noalias() = h * params_.w_k;
+    ws.k.rowwise() += params_.b_k;
+    ws.v.noalias() = h * params_.w_v;
+    ws.v.rowwise() += params_.b_v;
+    const attention_mask mask{config_.causal, key_mask};
+    for (index_t head = 0; head < config_.heads; ++head) {
+      const index_t c0 = head * dh;
+      attention_.forward(ws.q.middleCols(c0, dh), ws.k.middleCols(c0, dh),
+                         ws.v.middleCols(c0, dh), ws.context.middleCols(c0, dh), mask,
+                         ws.attention);
+    }
+  }
+
+  /// y += FFN(norm(y)) in row blocks, so the N x d_ff activation never exists at once.
+  void feed_forward(matrix_ref<scalar_type> y, workspace_type& ws) const {
+    using T = scalar_type;
+    const index_t n = y.rows();
+    const T eps = static_cast<T>(config_.layer_norm_eps);
+    const bool pre = config_.norm == norm_placement::pre;
+    for (index_t r0 = 0; r0 < n; r0 += ffn_rows) {
+      const index_t rows = std::min(ffn_rows, n - r0);
+      auto block = y.middleRows(r0, rows);
+      auto normed = ws.normed.topRows(rows);
+      if (pre) {
+        detail::layer_norm(block, params_.norm2_gain, params_.norm2_bias, eps, normed);
+      } else {
+        normed = block;
+      }
+      ws.hidden.resize(rows, config_.d_ff);
+      ws.hidden.noalias() = normed * params_.w_ff1;
+      ws.hidden.rowwise() += params_.b_ff1;
+      detail::apply_activation<T>(config_.ffn_activation, ws.hidden);
+      block.noalias() += ws.hidden * params_.w_ff2;
+      block.rowwise() += params_.b_ff2;
+      if (!pre) {
+        detail::layer_norm(block, params_.norm2_gain, params_.norm2_bias, eps, normed);
+        block = normed;
+      }
+    }
+  }
+
+  block_config config_;
+  Attention attention_;
+  parameters_type params_;
+};
+
+}  // namespace performer
