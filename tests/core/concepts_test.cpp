@@ -4,7 +4,7 @@
 
 #include <performer/performer.hpp>
 
-#include "user_attention.hpp"
+#include "window_attention.hpp"
 
 namespace {
 
@@ -16,7 +16,7 @@ static_assert(performer::attention_mechanism<performer::softmax_attention<float>
 static_assert(performer::attention_mechanism<performer::softmax_attention<double>>);
 static_assert(performer::attention_mechanism<performer::tiled_softmax_attention<float>>);
 static_assert(performer::attention_mechanism<performer::tiled_softmax_attention<double>>);
-static_assert(performer::attention_mechanism<performer::test::mean_attention<float>>);
+static_assert(performer::attention_mechanism<window_attention<float>>);
 
 struct no_workspace {
   using scalar_type = float;

@@ -1,12 +1,12 @@
-// detail::all_finite, the finiteness check behind every input and result check: one non-finite
+// all_finite, the finiteness check behind every input and result check: one non-finite
 // entry anywhere (head, vectorised body, scalar tail) must be found, for both scalars and for
 // views with strides.
 #include <gtest/gtest.h>
 
 #include <limits>
 
-#include <performer/detail/validate.hpp>
-#include <performer/types.hpp>
+#include <performer/core/validate.hpp>
+#include <performer/core/types.hpp>
 
 namespace {
 
@@ -19,19 +19,19 @@ void expect_every_position_found() {
   row_matrix<T> m = row_matrix<T>::Constant(7, 13, std::numeric_limits<T>::max());
   m(3, 4) = std::numeric_limits<T>::lowest();
   m(5, 5) = std::numeric_limits<T>::denorm_min();
-  ASSERT_TRUE(performer::detail::all_finite(m));  // huge and tiny finite values are finite
+  ASSERT_TRUE(performer::all_finite(m));  // huge and tiny finite values are finite
   for (const T b : bad) {
-    for (performer::index i = 0; i < m.size(); ++i) {
+    for (performer::index_t i = 0; i < m.size(); ++i) {
       row_matrix<T> x = m;
       x.data()[i] = b;
-      ASSERT_FALSE(performer::detail::all_finite(x)) << "entry " << i << " = " << b;
+      ASSERT_FALSE(performer::all_finite(x)) << "entry " << i << " = " << b;
       // A strided view (every other column) sees the entry only when it is in the view.
       const bool in_view = (i % 13) % 2 == 0;
       const auto view = x(Eigen::all, Eigen::seq(0, Eigen::last, 2));
-      ASSERT_EQ(performer::detail::all_finite(view), !in_view) << "entry " << i;
+      ASSERT_EQ(performer::all_finite(view), !in_view) << "entry " << i;
     }
   }
-  EXPECT_TRUE(performer::detail::all_finite(row_matrix<T>(0, 5)));  // vacuously
+  EXPECT_TRUE(performer::all_finite(row_matrix<T>(0, 5)));  // vacuously
 }
 
 TEST(Validate, AllFiniteFindsEveryNonFiniteEntry) {

@@ -1,12 +1,12 @@
-// Fidelity of the random-feature kernel estimators (ALGORITHMS.md section 5), in double with fixed
-// seeds: unbiasedness, the Performer Lemma 2 and FAVOR++ mean squared errors, orthogonal vs iid
-// and FAVOR++ vs FAVOR+; then each map against its defining formula, the stabiliser at huge
-// inputs, and bad arguments. The attention-level checks (error slope, causal, decoder) are in
-// favor_attention_test.cpp.
+// Covers the estimator theory behind performer/favor/features/*.hpp and random/sampler.hpp
+// (docs/algorithms.md §5), in double with fixed seeds: unbiasedness, the Performer Lemma 2 and
+// FAVOR++ mean squared errors, orthogonal vs iid and FAVOR++ vs FAVOR+. Each map against its
+// defining formula is in feature_maps_test.cpp; the attention-level checks (error slope, causal,
+// decoder) are in favor_attention_test.cpp and favor_decoder_test.cpp.
 //
 // Notation: the maps scale raw inputs by d^(-1/4), x~ = d^(-1/4) x, so phi(x) . phi(y) estimates
 // SM = exp(x~ . y~) = exp(x . y / sqrt(d)). With z = x~ + y~, D = x~ - y~ and
-// L = exp(-(|x~|^2 + |y~|^2) / 2), one draw of m projections gives K^ with (ALGORITHMS.md 5.2-5.5)
+// L = exp(-(|x~|^2 + |y~|^2) / 2), one draw of m projections gives K^ with (docs/algorithms.md §5.2-5.5)
 //   positive     MSE = e^|z|^2 SM^2 (1 - e^-|z|^2) / m
 //   trig         MSE = e^|z|^2 SM^-2 (1 - e^-|D|^2)^2 / (2m)
 //   hyperbolic   MSE = (1 - e^-|z|^2) / 2 * MSE(positive)
@@ -19,7 +19,7 @@
 // MSE each checked case must reach a relative s.e. below 2.5% (10% = 4 s.e.; asserted, so that a
 // pass is meaningful). Heavy tails decide which cases can reach that: the positive and hyperbolic
 // errors at |z|^2 = 2 have kurtosis of several hundred at m = 8 (log-normal features with
-// sigma^2 = 2), so their MSEs are checked at the pair with |z|^2 = 0.91 only (as ALGORITHMS.md
+// sigma^2 = 2), so their MSEs are checked at the pair with |z|^2 = 0.91 only (as docs/algorithms.md §
 // 5.5 advises: keep |x + y|^2 small); their means are checked at both.
 #include <gtest/gtest.h>
 
@@ -29,15 +29,15 @@
 #include <limits>
 #include <vector>
 
-#include <performer/detail/random.hpp>
-#include <performer/error.hpp>
-#include <performer/features/elu_features.hpp>
-#include <performer/features/favor_plus_plus_features.hpp>
-#include <performer/features/hyperbolic_features.hpp>
-#include <performer/features/positive_features.hpp>
-#include <performer/features/projection.hpp>
-#include <performer/features/relu_features.hpp>
-#include <performer/features/trigonometric_features.hpp>
+#include <performer/random/detail/generator.hpp>
+#include <performer/core/error.hpp>
+#include <performer/favor/features/elu_features.hpp>
+#include <performer/favor/features/favor_plus_plus_features.hpp>
+#include <performer/favor/features/hyperbolic_features.hpp>
+#include <performer/favor/features/positive_features.hpp>
+#include <performer/random/projection.hpp>
+#include <performer/favor/features/relu_features.hpp>
+#include <performer/favor/features/trigonometric_features.hpp>
 
 namespace {
 
@@ -45,7 +45,7 @@ using performer::elu_features;
 using performer::favor_plus_plus_features;
 using performer::gaussian_sampler;
 using performer::hyperbolic_features;
-using performer::index;
+using performer::index_t;
 using performer::orthogonal_sampler;
 using performer::positive_features;
 using performer::relu_features;
@@ -54,8 +54,8 @@ using performer::trigonometric_features;
 using performer::vector;
 using performer::detail::derive_seed;
 
-constexpr index dim = 8;       // d
-constexpr index features = 8;  // m: one orthogonal block (m <= d, where Theorem 2 applies)
+constexpr index_t dim = 8;       // d
+constexpr index_t features = 8;  // m: one orthogonal block (m <= d, where Theorem 2 applies)
 
 /// A test pair: raw inputs and the closed-form quantities, all in the scaled coordinates.
 struct kernel_pair {
@@ -69,15 +69,15 @@ kernel_pair make_pair(const char* name, double r, double cos_t) {
   performer::detail::xoshiro256ss rng(2718);
   vector<double> u(dim);
   vector<double> v(dim);
-  for (index i = 0; i < dim; ++i) u(i) = performer::detail::standard_normal(rng);
-  for (index i = 0; i < dim; ++i) v(i) = performer::detail::standard_normal(rng);
+  for (index_t i = 0; i < dim; ++i) u(i) = performer::detail::standard_normal(rng);
+  for (index_t i = 0; i < dim; ++i) v(i) = performer::detail::standard_normal(rng);
   u.normalize();
   v -= v.dot(u) * u;
   v.normalize();
   const vector<double> xs = u;
   const vector<double> ys = r * (cos_t * u + std::sqrt(1 - cos_t * cos_t) * v);
   const double up = std::pow(static_cast<double>(dim), 0.25);
-  kernel_pair p{name, row_matrix<double>(2, dim), 0, 0, 0, 0, 0, 0};
+  kernel_pair p{name, row_matrix<double>::Zero(2, dim), 0, 0, 0, 0, 0, 0};
   p.xy.row(0) = up * xs.transpose();
   p.xy.row(1) = up * ys.transpose();
   p.sm = std::exp(p.xy.row(0).dot(p.xy.row(1)) / std::sqrt(static_cast<double>(dim)));
@@ -89,7 +89,7 @@ kernel_pair make_pair(const char* name, double r, double cos_t) {
   return p;
 }
 
-/// ALGORITHMS.md 5.6's pairs: x~ . y~ = 0 with unit norms (|z|^2 = 2), and x~ . y~ = -0.45 with
+/// docs/algorithms.md §5.6's pairs: x~ . y~ = 0 with unit norms (|z|^2 = 2), and x~ . y~ = -0.45 with
 /// |x~| = 1, |y~| = 0.9 (|z|^2 = 0.91, |D|^2 = 2.71).
 const kernel_pair& orthogonal_pair() {
   static const kernel_pair p = make_pair("x.y = 0", 1.0, 0.0);
@@ -117,7 +117,7 @@ double mse_favor_plus_plus(const kernel_pair& p, double a, double m) {
   return (second - p.sm * p.sm) / m;
 }
 
-/// A* from ALGORITHMS.md 3.6 for one pair: rho = |z|^2 / d.
+/// A* from docs/algorithms.md §3.6 for one pair: rho = |z|^2 / d.
 double optimal_a(const kernel_pair& p) {
   const double rho = p.z2 / static_cast<double>(dim);
   return (1 - 2 * rho - std::sqrt((2 * rho + 1) * (2 * rho + 1) + 8 * rho)) / 16;
@@ -228,7 +228,7 @@ TEST(KernelFidelity, EstimatorsAreUnbiased) {
 
 TEST(KernelFidelity, MeanSquaredErrorsMatchTheClosedForms) {
   // Each checked MSE within 10% of its closed form; its relative s.e. must be below 2.5% (header
-  // comment), so 10% is at least 4 s.e. Closed forms at m = 8; the table of ALGORITHMS.md 5.6
+  // comment), so 10% is at least 4 s.e. Closed forms at m = 8; the table of docs/algorithms.md §5.6
   // (m = 64) scaled by 64/8 gives the same numbers.
   const auto& res = iid_simulation();
   const double m = features;
@@ -258,7 +258,7 @@ TEST(KernelFidelity, MeanSquaredErrorsMatchTheClosedForms) {
 }
 
 TEST(KernelFidelity, FavorPlusPlusParameterIsTheClosedFormMinimiser) {
-  // optimal_a(q, k) for a single query and key is A* of ALGORITHMS.md 3.6 with rho = |z|^2 / d,
+  // optimal_a(q, k) for a single query and key is A* of docs/algorithms.md §3.6 with rho = |z|^2 / d,
   // and A* minimises the closed-form variance over A < 1/8 (for one pair the averaged log second
   // moment is the log second moment itself).
   for (const auto* p : {&orthogonal_pair(), &obtuse_pair()}) {
@@ -275,7 +275,7 @@ TEST(KernelFidelity, FavorPlusPlusParameterIsTheClosedFormMinimiser) {
 TEST(KernelFidelity, FavorPlusPlusHasLowerErrorThanFavorPlus) {
   // Paired over the same draws: the mean of e_+^2 - e_++^2 must be positive with z > 3.09
   // (one-sided 99.9% confidence). Closed forms predict MSE ratios 0.51 and 0.77 at d = 8 (0.66
-  // and 0.86 at d = 16 in ALGORITHMS.md 5.5); the measured z are 7 and 13.
+  // and 0.86 at d = 16 in docs/algorithms.md §5.5); the measured z are 7 and 13.
   const auto& res = iid_simulation();
   for (int p = 0; p < 2; ++p) {
     const auto& diff = res.plus_minus_pp[p];
@@ -288,7 +288,7 @@ TEST(KernelFidelity, OrthogonalFeaturesAreUnbiasedWithLowerErrorThanIid) {
   // Haar orthogonal blocks with chi norms (m = d = 8, one block), 20,000 draws, positive features.
   // Unbiased: within 4 s.e. at both pairs.
   //
-  // Lower MSE: Performer Theorem 2 (as recalled in ALGORITHMS.md 5.4) bounds
+  // Lower MSE: Performer Theorem 2 (as recalled in docs/algorithms.md §5.4) bounds
   // MSE_ort <= MSE_iid - (1 - 1/m) 2/(d + 2) (SM - L)^2, 13% below the iid closed form at the
   // obtuse pair. The draws use the seeds of the first 20,000 iid draws, and the samplers read the
   // same stream, so each orthogonal block is the Gram-Schmidt of the very matrix the iid estimate
@@ -331,185 +331,6 @@ TEST(KernelFidelity, OrthogonalFeaturesAreUnbiasedWithLowerErrorThanIid) {
 }
 
 // --------------------------------------------------------------------------------------------
-// Each map against its defining formula (ALGORITHMS.md 3.1-3.6), feature by feature.
-
-/// The feature vectors phi.row(i) * exp(log_scale(i)).
-template <class Map>
-row_matrix<double> feature_vectors(const Map& map, const row_matrix<double>& w, const row_matrix<double>& x) {
-  row_matrix<double> phi(x.rows(), map.feature_count(w.rows(), x.cols()));
-  vector<double> log_scale(x.rows());
-  map.apply(w, x, phi, log_scale);
-  return phi.array().colwise() * log_scale.array().exp();
-}
-
-double relative_error(const row_matrix<double>& a, const row_matrix<double>& b) {
-  return (a - b).cwiseAbs().maxCoeff() / b.cwiseAbs().maxCoeff();
-}
-
-TEST(FeatureMaps, MatchTheirDefiningFormulas) {
-  // Arguments of exp, sin and cos are O(1) here, so the stabilised and direct evaluations agree
-  // to a few ulp; 1e-13 relative to the largest feature.
-  const index m = 5;
-  const index d = 6;
-  const auto w = gaussian_sampler{}.sample(m, d, 1);
-  const row_matrix<double> x = 0.8 * gaussian_sampler{}.sample(3, d, 2);
-  const double scale = std::pow(static_cast<double>(d), -0.25);
-  const row_matrix<double> xs = scale * x;  // x~
-  const row_matrix<double> u = xs * w.transpose();
-  const double a = -0.1;
-  row_matrix<double> pos(3, m), hyp(3, 2 * m), tri(3, 2 * m), gerf(3, m), clipped(3, m), elu(3, d);
-  for (index i = 0; i < 3; ++i) {
-    const double h = xs.row(i).squaredNorm() / 2;
-    for (index j = 0; j < m; ++j) {
-      pos(i, j) = std::exp(u(i, j) - h) / std::sqrt(5.0);
-      hyp(i, j) = std::exp(u(i, j) - h) / std::sqrt(10.0);
-      hyp(i, m + j) = std::exp(-u(i, j) - h) / std::sqrt(10.0);
-      tri(i, j) = std::exp(h) * std::sin(u(i, j)) / std::sqrt(5.0);
-      tri(i, m + j) = std::exp(h) * std::cos(u(i, j)) / std::sqrt(5.0);
-      gerf(i, j) = std::pow(1 - 4 * a, d / 4.0) / std::sqrt(5.0) *
-                   std::exp(a * w.row(j).squaredNorm() + std::sqrt(1 - 4 * a) * u(i, j) - h);
-      clipped(i, j) = std::max(x.row(i).dot(w.row(j)), 0.0);  // no input scaling
-    }
-    for (index j = 0; j < d; ++j) elu(i, j) = x(i, j) > 0 ? x(i, j) + 1 : std::exp(x(i, j));
-  }
-  favor_plus_plus_features<double> pp;
-  pp.set_a(a);
-  EXPECT_LT(relative_error(feature_vectors(positive_features<double>{}, w, x), pos), 1e-13);
-  EXPECT_LT(relative_error(feature_vectors(hyperbolic_features<double>{}, w, x), hyp), 1e-13);
-  EXPECT_LT(relative_error(feature_vectors(trigonometric_features<double>{}, w, x), tri), 1e-13);
-  EXPECT_LT(relative_error(feature_vectors(pp, w, x), gerf), 1e-13);
-  // ReLU and elu + 1 need no exp of a shifted argument: exact, with log_scale = 0.
-  const row_matrix<double> relu = clipped.array() + 1e-3;
-  EXPECT_EQ(feature_vectors(relu_features<double>{}, w, x), relu);
-  EXPECT_EQ(feature_vectors(elu_features<double>{}, row_matrix<double>(0, 0), x), elu);
-  relu_features<double> relu_eps;
-  relu_eps.epsilon = 0.25;
-  const row_matrix<double> shifted = clipped.array() + 0.25;
-  EXPECT_EQ(feature_vectors(relu_eps, w, x), shifted);
-}
-
-TEST(FeatureMaps, ReluAndEluArePositive) {
-  // Both define their own positive kernel: every feature > 0 (ReLU's >= epsilon), whatever the
-  // sign of the input; elu + 1 is exactly e^x below 0 and x + 1 above, continuous at 0.
-  const auto w = gaussian_sampler{}.sample(64, 16, 3);
-  const row_matrix<double> x = 5.0 * gaussian_sampler{}.sample(40, 16, 4);
-  row_matrix<double> phi(40, 64);
-  vector<double> log_scale = vector<double>::Constant(40, 7.0);
-  relu_features<double>{}.apply(w, x, phi, log_scale);
-  EXPECT_GE(phi.minCoeff(), 1e-3);
-  EXPECT_TRUE((phi.array() == 1e-3).any());  // negative projections are clipped
-  EXPECT_TRUE(log_scale.isZero(0.0));
-  row_matrix<double> e(40, 16);
-  log_scale.setConstant(7.0);
-  elu_features<double>{}.apply(w, x, e, log_scale);
-  EXPECT_GT(e.minCoeff(), 0.0);
-  EXPECT_TRUE(log_scale.isZero(0.0));
-  EXPECT_EQ(elu_features<double>{}.feature_count(64, 16), 16);
-  row_matrix<double> edge(1, 3);
-  edge << 0.0, -0.0, std::numeric_limits<double>::denorm_min();
-  row_matrix<double> out(1, 3);
-  vector<double> ls(1);
-  elu_features<double>{}.apply(w, edge, out, ls);
-  EXPECT_EQ(out(0, 0), 1.0);
-  EXPECT_EQ(out(0, 1), 1.0);
-  EXPECT_EQ(out(0, 2), 1.0);
-}
-
-TEST(FeatureMaps, ExponentialMapsStayBoundedForHugeInputs) {
-  // Inputs of norm ~1e4 put w . x~ near 1e4, where a bare exp overflows. The stabiliser moves the
-  // row's largest exponent into log_scale: phi finite in [0, 1/sqrt(M')] (M' = m, or 2m for
-  // hyperbolic) with the largest entry exactly that, log_scale finite.
-  const index m = 16;
-  const index d = 8;
-  const auto w = gaussian_sampler{}.sample(m, d, 5);
-  const row_matrix<double> x = 1e4 * gaussian_sampler{}.sample(4, d, 6);
-  vector<double> log_scale(4);
-  row_matrix<double> phi(4, m);
-  positive_features<double>{}.apply(w, x, phi, log_scale);
-  EXPECT_TRUE(phi.allFinite() && log_scale.allFinite());
-  EXPECT_GE(phi.minCoeff(), 0.0);
-  for (index i = 0; i < 4; ++i) EXPECT_DOUBLE_EQ(phi.row(i).maxCoeff(), 1 / std::sqrt(16.0));
-  favor_plus_plus_features<double> pp;
-  pp.set_a(-0.2);
-  pp.apply(w, x, phi, log_scale);
-  EXPECT_TRUE(phi.allFinite() && log_scale.allFinite());
-  for (index i = 0; i < 4; ++i) EXPECT_DOUBLE_EQ(phi.row(i).maxCoeff(), 1 / std::sqrt(16.0));
-  row_matrix<double> phi2(4, 2 * m);
-  hyperbolic_features<double>{}.apply(w, x, phi2, log_scale);
-  EXPECT_TRUE(phi2.allFinite() && log_scale.allFinite());
-  EXPECT_GE(phi2.minCoeff(), 0.0);
-  for (index i = 0; i < 4; ++i) EXPECT_DOUBLE_EQ(phi2.row(i).maxCoeff(), 1 / std::sqrt(32.0));
-}
-
-// --------------------------------------------------------------------------------------------
-// Bad arguments: performer::invalid_argument each.
-
-template <class Map>
-void expect_shape_checks(const Map& map, index m, index d) {
-  const auto w = gaussian_sampler{}.sample(m, d, 1);
-  const auto narrow_w = gaussian_sampler{}.sample(m, d - 1, 1);
-  const auto x = gaussian_sampler{}.sample(3, d, 2);
-  const index width = map.feature_count(m, d);
-  row_matrix<double> phi(3, width);
-  vector<double> log_scale(3);
-  EXPECT_NO_THROW(map.apply(w, x, phi, log_scale));
-  // A projection of the wrong width.
-  EXPECT_THROW(map.apply(narrow_w, x, phi, log_scale), performer::invalid_argument);
-  // phi with the wrong number of rows or columns.
-  row_matrix<double> short_phi(2, width);
-  row_matrix<double> thin_phi(3, width - 1);
-  row_matrix<double> wide_phi(3, width + 1);
-  EXPECT_THROW(map.apply(w, x, short_phi, log_scale), performer::invalid_argument);
-  EXPECT_THROW(map.apply(w, x, thin_phi, log_scale), performer::invalid_argument);
-  EXPECT_THROW(map.apply(w, x, wide_phi, log_scale), performer::invalid_argument);
-  // log_scale of the wrong length.
-  vector<double> long_scale(4);
-  EXPECT_THROW(map.apply(w, x, phi, long_scale), performer::invalid_argument);
-}
-
-TEST(FeatureMaps, RejectBadShapes) {
-  // m = 7 (odd) throughout: no map needs an even m. Hyperbolic and trigonometric maps take m
-  // projections and emit M = 2m features, so a phi sized m (the mistake an even-m requirement
-  // would guard against) is a shape error, caught like any other.
-  expect_shape_checks(positive_features<double>{}, 7, 6);
-  expect_shape_checks(hyperbolic_features<double>{}, 7, 6);
-  expect_shape_checks(trigonometric_features<double>{}, 7, 6);
-  expect_shape_checks(favor_plus_plus_features<double>{}, 7, 6);
-  expect_shape_checks(relu_features<double>{}, 7, 6);
-  EXPECT_EQ(hyperbolic_features<double>{}.feature_count(7, 6), 14);
-  EXPECT_EQ(trigonometric_features<double>{}.feature_count(7, 6), 14);
-  EXPECT_EQ(positive_features<double>{}.feature_count(7, 6), 7);
-  row_matrix<double> phi_m(3, 7);
-  vector<double> log_scale(3);
-  const auto w = gaussian_sampler{}.sample(7, 6, 1);
-  const auto x = gaussian_sampler{}.sample(3, 6, 2);
-  EXPECT_THROW(hyperbolic_features<double>{}.apply(w, x, phi_m, log_scale), performer::invalid_argument);
-  EXPECT_THROW(trigonometric_features<double>{}.apply(w, x, phi_m, log_scale), performer::invalid_argument);
-
-  // elu + 1 ignores the projection (any shape) but checks phi (M = d) and log_scale.
-  const row_matrix<double> none(0, 0);
-  row_matrix<double> phi_d(3, 6);
-  EXPECT_NO_THROW(elu_features<double>{}.apply(none, x, phi_d, log_scale));
-  EXPECT_NO_THROW(elu_features<double>{}.apply(w, x, phi_d, log_scale));
-  EXPECT_THROW(elu_features<double>{}.apply(none, x, phi_m, log_scale), performer::invalid_argument);
-  vector<double> short_scale(2);
-  EXPECT_THROW(elu_features<double>{}.apply(none, x, phi_d, short_scale), performer::invalid_argument);
-}
-
-TEST(FeatureMaps, FavorPlusPlusRejectsBadParameters) {
-  favor_plus_plus_features<double> pp;
-  // A < 1/8 for a finite variance (ALGORITHMS.md 3.6).
-  EXPECT_THROW(pp.set_a(0.125), performer::invalid_argument);
-  EXPECT_THROW(pp.set_a(0.3), performer::invalid_argument);
-  EXPECT_THROW(pp.set_a(std::numeric_limits<double>::quiet_NaN()), performer::invalid_argument);
-  EXPECT_THROW(pp.set_a(-std::numeric_limits<double>::infinity()), performer::invalid_argument);
-  EXPECT_EQ(pp.a(), 0.0);  // unchanged by the rejected values
-  EXPECT_NO_THROW(pp.set_a(0.12));
-  const auto q = gaussian_sampler{}.sample(4, 6, 1);
-  const auto k = gaussian_sampler{}.sample(5, 5, 2);
-  EXPECT_THROW(static_cast<void>(favor_plus_plus_features<double>::optimal_a(q, k)), performer::invalid_argument);
-  EXPECT_THROW(static_cast<void>(favor_plus_plus_features<double>::optimal_a(row_matrix<double>(0, 6), q)),
-               performer::invalid_argument);
-}
+// Each map against its defining formula (docs/algorithms.md §3.1-3.6), feature by feature.
 
 }  // namespace

@@ -1,5 +1,7 @@
-// The shared block: against an independent double reference built from its own parameters, the
-// same weights with each exact mechanism, a user-defined mechanism, masks, stacks, bad input.
+// Covers performer/nn/transformer_block.hpp and nn/layers.hpp: the block against an independent
+// double reference built from its own parameters (every arrangement: pre/post-LN, GELU/ReLU,
+// causal, padding), the same weights with each exact mechanism, a user-written mechanism,
+// causality, seeded initialisation and bad configuration.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,33 +10,25 @@
 #include <vector>
 
 #include <performer/performer.hpp>
-#include <performer/testing/conformance.hpp>
+#include <performer/testing/counting_allocator.hpp>
+#include <performer/testing/helpers.hpp>
+#include <performer/testing/oracle.hpp>
 
-#include "reference.hpp"
-#include "user_attention.hpp"
+#include "window_attention.hpp"
 
 namespace {
 
 using performer::block_config;
-using performer::index;
+using performer::index_t;
 using performer::row_matrix;
 using performer::transformer_block;
 using performer::conformance::random_matrix;
 using performer::conformance::relative_difference;
 
-row_matrix<double> layer_norm_ref(const row_matrix<double>& x, const Eigen::RowVectorXd& gain,
-                                  const Eigen::RowVectorXd& bias, double eps) {
-  row_matrix<double> out(x.rows(), x.cols());
-  for (index i = 0; i < x.rows(); ++i) {
-    const double mean = x.row(i).mean();
-    double var = 0;
-    for (index c = 0; c < x.cols(); ++c) var += (x(i, c) - mean) * (x(i, c) - mean);
-    var /= static_cast<double>(x.cols());
-    for (index c = 0; c < x.cols(); ++c) {
-      out(i, c) = (x(i, c) - mean) / std::sqrt(var + eps) * gain(c) + bias(c);
-    }
-  }
-  return out;
+/// LayerNorm of the oracle library (long double sums), here at double's precision.
+template <class G, class B>
+row_matrix<double> layer_norm_ref(const row_matrix<double>& x, const G& gain, const B& bias, double eps) {
+  return performer::oracle::layer_norm(x, gain, bias, eps);
 }
 
 /// The block written out directly from its definition, in double, with naive attention.
@@ -42,24 +36,24 @@ template <class P>
 row_matrix<double> block_ref(const block_config& cfg, const P& p, const row_matrix<double>& x,
                              const std::vector<std::uint8_t>& keep = {}) {
   const auto d = [](const auto& m) { return m.template cast<double>().eval(); };
-  const index dh = cfg.d_model / cfg.heads;
+  const index_t dh = cfg.d_model / cfg.heads;
   const bool pre = cfg.norm == performer::norm_placement::pre;
   const auto attn_sub = [&](const row_matrix<double>& h) {
     row_matrix<double> q = (h * d(p.w_q)).rowwise() + d(p.b_q);
     row_matrix<double> k = (h * d(p.w_k)).rowwise() + d(p.b_k);
     row_matrix<double> v = (h * d(p.w_v)).rowwise() + d(p.b_v);
     row_matrix<double> ctx(h.rows(), cfg.d_model);
-    for (index head = 0; head < cfg.heads; ++head) {
-      ctx.middleCols(head * dh, dh) = performer::test::naive_attention(
+    for (index_t head = 0; head < cfg.heads; ++head) {
+      ctx.middleCols(head * dh, dh) = performer::oracle::softmax_attention(
           q.middleCols(head * dh, dh), k.middleCols(head * dh, dh), v.middleCols(head * dh, dh),
-          cfg.causal, keep);
+          performer::attention_mask{cfg.causal, keep});
     }
     return row_matrix<double>((ctx * d(p.w_o)).rowwise() + d(p.b_o));
   };
   const auto ffn_sub = [&](const row_matrix<double>& h) {
     row_matrix<double> a = (h * d(p.w_ff1)).rowwise() + d(p.b_ff1);
-    for (index i = 0; i < a.rows(); ++i) {
-      for (index c = 0; c < a.cols(); ++c) {
+    for (index_t i = 0; i < a.rows(); ++i) {
+      for (index_t c = 0; c < a.cols(); ++c) {
         const double z = a(i, c);
         a(i, c) = cfg.ffn_activation == performer::activation::relu
                       ? std::max(z, 0.0)
@@ -136,17 +130,22 @@ TYPED_TEST(block_case, SameWeightsSameOutputWithEitherExactMechanism) {
 
 TEST(TransformerBlock, UserDefinedMechanismRunsInTheBlock) {
   const block_config cfg{.d_model = 16, .heads = 2, .d_ff = 24};
-  transformer_block<performer::test::mean_attention<double>> block(cfg, {}, 11);
+  // A window wider than the sequence: the user's mechanism is then exact attention.
+  transformer_block<window_attention<double>> block(cfg, window_attention<double>(100), 11);
   randomise_parameters(block, 5);
   const auto x = random_matrix<double>(20, 16, 12);
   const auto y = block.forward(x);
-  // Reference: the pre-LN block written out with uniform attention (every query gets the mean
-  // of the values).
+  // Reference: the pre-LN block written out with the oracle's exact attention per head.
   auto p = block.parameters();
   const row_matrix<double> h = layer_norm_ref(x, p.norm1_gain, p.norm1_bias, cfg.layer_norm_eps);
+  const row_matrix<double> q = (h * p.w_q).rowwise() + p.b_q;
+  const row_matrix<double> k = (h * p.w_k).rowwise() + p.b_k;
   const row_matrix<double> v = (h * p.w_v).rowwise() + p.b_v;
-  const Eigen::RowVectorXd mean_v = v.colwise().mean();
-  row_matrix<double> ctx = mean_v.replicate(20, 1);
+  row_matrix<double> ctx(20, 16);
+  for (index_t head = 0; head < 2; ++head) {
+    ctx.middleCols(head * 8, 8) = performer::oracle::softmax_attention(
+        q.middleCols(head * 8, 8), k.middleCols(head * 8, 8), v.middleCols(head * 8, 8));
+  }
   row_matrix<double> r = x + row_matrix<double>((ctx * p.w_o).rowwise() + p.b_o);
   const row_matrix<double> h2 = layer_norm_ref(r, p.norm2_gain, p.norm2_bias, cfg.layer_norm_eps);
   row_matrix<double> a = (h2 * p.w_ff1).rowwise() + p.b_ff1;
@@ -210,50 +209,38 @@ TEST(TransformerBlock, RejectsBadConfigurationAndInput) {
   }
 }
 
-TEST(TransformerStack, EqualsItsBlocksAppliedInTurnThenTheFinalNorm) {
-  const block_config cfg{.d_model = 16, .heads = 2, .causal = true};
-  for (const index layers : {1, 2, 3}) {
-    performer::transformer_stack<performer::softmax_attention<double>> stack(cfg, layers, performer::softmax_attention<double>{}, 9);
-    const auto x = random_matrix<double>(12, 16, 4);
-    row_matrix<double> h = x;
-    for (index l = 0; l < layers; ++l) h = stack.layer(l).forward(h);
-    const Eigen::RowVectorXd ones = Eigen::RowVectorXd::Ones(16);
-    const Eigen::RowVectorXd zeros = Eigen::RowVectorXd::Zero(16);
-    EXPECT_LE(relative_difference(stack.forward(x), layer_norm_ref(h, ones, zeros, cfg.layer_norm_eps)), 1e-13);
-    if (layers > 1) {
-      EXPECT_NE(stack.layer(0).parameters().w_q, stack.layer(1).parameters().w_q);
-    }
-  }
-  EXPECT_THROW((performer::transformer_stack<performer::softmax_attention<double>>(cfg, 0, performer::softmax_attention<double>{})),
-               performer::invalid_argument);
-}
-
-// Found by the fuzzer: with an even layer count no block saw x and y together, so aliasing
-// went unchecked; and the final LayerNorm turned a finite row near FLT_MAX into NaN.
-TEST(TransformerStack, RejectsAliasingForAnyLayerCountAndNormalisesHugeRows) {
-  const block_config cfg{.d_model = 4, .heads = 1};
-  for (const index layers : {1, 2}) {
-    performer::transformer_stack<performer::softmax_attention<float>> stack(cfg, layers, performer::softmax_attention<float>{});
-    auto x = random_matrix<float>(3, 4, 5);
-    decltype(stack)::workspace_type ws;
-    EXPECT_THROW(stack.forward(x, x, {}, ws), performer::invalid_argument);
-  }
-  performer::transformer_stack<performer::softmax_attention<float>> stack(cfg, 1, performer::softmax_attention<float>{});
-  auto p = stack.layer(0).parameters();
-  p.w_ff1.setZero();
-  p.w_ff2.setZero();
-  p.w_o.setZero();
-  const float top = std::numeric_limits<float>::max();
-  p.b_ff2 << std::numeric_limits<float>::lowest(), top, top, top;
-  stack.layer(0).set_parameters(p);
-  const row_matrix<float> x = row_matrix<float>::Zero(2, 4);
-  const auto y = stack.forward(x);
-  // LayerNorm of (-M, M, M, M): mean M/2, deviations (-3, 1, 1, 1) M/2, std sqrt(3) M/2.
-  const float r3 = std::sqrt(3.0F);
-  for (index i = 0; i < 2; ++i) {
-    EXPECT_NEAR(y(i, 0), -r3, 1e-5F);
-    for (index j = 1; j < 4; ++j) EXPECT_NEAR(y(i, j), 1.0F / r3, 1e-5F);
-  }
+// One block with FAVOR+ at N = 8,192 (d_model 128, 2 heads of 64): O(N d_model) for the
+// block's own buffers, never N x N (256 MiB in float here).
+TEST(TransformerBlock, PeakMemoryIsLinearInN) {
+  if (!performer::counting::available) GTEST_SKIP() << "no counting allocator in this build";
+  using T = float;
+  constexpr index_t n = 8192;
+  constexpr index_t d_model = 128;
+  constexpr index_t heads = 2;
+  constexpr index_t d_ff = 4 * d_model;
+  constexpr index_t ffn_rows = 256;  // transformer_block's feed-forward row block
+  constexpr index_t m = 256;
+  constexpr long long bytes = sizeof(T);
+  Eigen::setNbThreads(1);
+  const row_matrix<T> x = random_matrix<T>(n, d_model, 8);
+  row_matrix<T> y(n, d_model);
+  const performer::favor_attention<T> favor(d_model / heads, m, 7);
+  const transformer_block<performer::favor_attention<T>> block(
+      {.d_model = d_model, .heads = heads, .d_ff = d_ff}, favor, 9);
+  const auto u = performer::counting::measure_heap([&] {
+    decltype(block)::workspace_type ws;
+    block.forward(x, y, {}, ws);
+  });
+  // normed, q, k, v, context (N x d_model each), hidden (ffn_rows x d_ff) and the attention's
+  // workspace at head width 64 (favor/makers.hpp counts it field by field; bounded here by its
+  // lanes and state: 2 threads x (2 B M + B d_v + C^2 + 6 B) + 2 (M d_v + M) scalars). The
+  // block's projections have an N-row operand, so Eigen's packing is bounded by its blocking
+  // heuristic instead of by the operands: 2 MiB allowed.
+  const long long attention = (2 * (2 * 256 * m + 256 * 64 + 64 * 64 + 6 * 256) + 2 * (m * 64 + m)) * bytes;
+  const long long bound = 5 * n * d_model * bytes + ffn_rows * d_ff * bytes + attention + (2LL << 20);
+  ASSERT_LT(bound, n * n * bytes / 8);
+  EXPECT_LE(u.peak, bound) << u.peak << " bytes at peak";
+  EXPECT_TRUE(y.allFinite());
 }
 
 }  // namespace

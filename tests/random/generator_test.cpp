@@ -11,7 +11,7 @@
 #include <set>
 #include <vector>
 
-#include <performer/detail/random.hpp>
+#include <performer/random/detail/generator.hpp>
 
 namespace {
 

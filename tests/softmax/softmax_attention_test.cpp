@@ -1,5 +1,7 @@
-// Exact attentions (materialized and tiled) against the independent double reference, in float
-// and double, with and without masks, self- and cross-attention, and extreme logits.
+// Covers performer/softmax/softmax_attention.hpp and tiled_softmax_attention.hpp: both against
+// the independent long double reference, in float and double, with and without masks, self- and
+// cross-attention, every tile shape, and extreme logits. The shared contract (conformance,
+// determinism, allocation) is in conformance_test.cpp and its siblings.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,15 +9,17 @@
 #include <limits>
 #include <vector>
 
-#include <performer/performer.hpp>
-#include <performer/testing/conformance.hpp>
+#include <performer/core/attend.hpp>
+#include <performer/testing/helpers.hpp>
 
-#include "reference.hpp"
+#include <performer/testing/oracle.hpp>
+
+#include "softmax/makers.hpp"
 
 namespace {
 
 using performer::attention_mask;
-using performer::index;
+using performer::index_t;
 using performer::row_matrix;
 using performer::conformance::random_matrix;
 using performer::conformance::relative_difference;
@@ -39,19 +43,19 @@ TYPED_TEST(exact_case, MatchesReferenceAcrossMasksAndShapes) {
   const performer::softmax_attention<T> plain;
   // Small tiles so that the test crosses tile boundaries, ragged last tiles and diagonal tiles.
   const performer::tiled_softmax_attention<T> tiled(7, 11);
-  for (const auto& [n_q, n_k] : {std::pair<index, index>{1, 1}, {64, 64}, {50, 77}, {77, 50}, {100, 100}}) {
+  for (const auto& [n_q, n_k] : {std::pair<index_t, index_t>{1, 1}, {64, 64}, {50, 77}, {77, 50}, {100, 100}}) {
     const auto q = random_matrix<T>(n_q, 24, 100 + n_q, 2.0);
     const auto k = random_matrix<T>(n_k, 24, 200 + n_k, 2.0);
     const auto v = random_matrix<T>(n_k, 10, 300 + n_k);
     std::vector<std::uint8_t> keep(static_cast<std::size_t>(n_k), 1);
-    for (index j = 0; j < n_k; j += 5) keep[static_cast<std::size_t>(j)] = 0;
+    for (index_t j = 0; j < n_k; j += 5) keep[static_cast<std::size_t>(j)] = 0;
     for (const bool causal : {false, true}) {
       if (causal && n_q != n_k) continue;
       for (const bool padded : {false, true}) {
         const std::vector<std::uint8_t> mask_bytes = padded ? keep : std::vector<std::uint8_t>{};
         const attention_mask mask{causal, mask_bytes};
-        const auto ref = performer::test::naive_attention(q.template cast<double>(), k.template cast<double>(),
-                                                          v.template cast<double>(), causal, mask_bytes);
+        const auto ref = performer::oracle::softmax_attention(q.template cast<double>(), k.template cast<double>(),
+                                                              v.template cast<double>(), mask);
         const row_matrix<double> a = run(plain, q, k, v, mask).template cast<double>();
         const row_matrix<double> b = run(tiled, q, k, v, mask).template cast<double>();
         EXPECT_LE(relative_difference(a, ref), reference_tolerance<T>())
@@ -72,8 +76,8 @@ TYPED_TEST(exact_case, TiledEqualsMaterializedForEveryTileShape) {
   for (const bool causal : {false, true}) {
     const attention_mask mask{causal, {}};
     const auto ref = run(plain, q, k, v, mask);
-    for (const index bq : {1, 2, 16, 45, 64}) {
-      for (const index bk : {1, 3, 45, 100}) {
+    for (const index_t bq : {1, 2, 16, 45, 64}) {
+      for (const index_t bk : {1, 3, 45, 100}) {
         // Same maths, different summation order: a few float roundings apart at most.
         EXPECT_LE(relative_difference(run(performer::tiled_softmax_attention<T>(bq, bk), q, k, v, mask), ref),
                   (std::is_same_v<T, float> ? 2e-6 : 1e-14))
@@ -92,8 +96,8 @@ TYPED_TEST(exact_case, LargeLogitsStayFiniteAndCorrect) {
   q *= T(100);
   k *= T(100);
   for (const bool causal : {false, true}) {
-    const auto r = performer::test::naive_attention(q.template cast<double>(), k.template cast<double>(),
-                                                    v.template cast<double>(), causal);
+    const auto r = performer::oracle::softmax_attention(q.template cast<double>(), k.template cast<double>(),
+                                                        v.template cast<double>(), attention_mask{causal, {}});
     const auto a = run(performer::softmax_attention<T>{}, q, k, v, {causal, {}});
     const auto b = run(performer::tiled_softmax_attention<T>(4, 6), q, k, v, {causal, {}});
     ASSERT_TRUE(a.allFinite());
@@ -169,7 +173,7 @@ TEST(ExactAttention, AttendAcceptsColumnMajorExpressions) {
   const Eigen::MatrixXd k = Eigen::MatrixXd::Random(6, 4);
   const Eigen::MatrixXd v = Eigen::MatrixXd::Random(6, 2);
   const auto out = performer::attend(performer::softmax_attention<double>{}, q, k, 2.0 * v);
-  const auto ref = performer::test::naive_attention(q, k, 2.0 * v);
+  const auto ref = performer::oracle::softmax_attention(q, k, row_matrix<double>(2.0 * v));
   EXPECT_LE(relative_difference(out, ref), 1e-13);
 }
 

@@ -1,0 +1,21 @@
+# Compiling below C++20 must stop at once with performer's own message, not deep inside a header.
+# Run by CTest as: cmake -DCXX_COMPILER=... -DINCLUDE_DIRS=... -DBINARY_DIR=... -P cxx17_rejected.cmake
+cmake_minimum_required(VERSION 3.21)
+file(MAKE_DIRECTORY "${BINARY_DIR}")
+file(WRITE "${BINARY_DIR}/main.cpp" "#include <performer/performer.hpp>\nint main() { return 0; }\n")
+set(_includes "")
+foreach(_dir IN LISTS INCLUDE_DIRS)
+  list(APPEND _includes "-I${_dir}")
+endforeach()
+execute_process(COMMAND "${CXX_COMPILER}" -std=c++17 ${_includes} -fsyntax-only "${BINARY_DIR}/main.cpp"
+                RESULT_VARIABLE _result OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
+if(_result EQUAL 0)
+  message(FATAL_ERROR "performer compiled with -std=c++17")
+endif()
+string(REGEX MATCHALL "error[^\n]*" _errors "${_out}")
+list(LENGTH _errors _count)
+list(GET _errors 0 _first)
+if(NOT _first MATCHES "performer needs C\\+\\+20")
+  message(FATAL_ERROR "the first error is not performer's C++20 message:\n${_out}")
+endif()
+message(STATUS "rejected with: ${_first} (${_count} errors in all)")
