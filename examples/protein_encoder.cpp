@@ -1,25 +1,175 @@
-// Protein encoder: reads protein sequences from any FASTA file, embeds the amino acids, and runs
-// a stack of shared Transformer blocks (d_model 512, 8 heads) over each sequence with FAVOR+
-// attention and with exact (tiled) attention, printing time per sequence and how far the two
-// encodings are apart. Long proteins are where FAVOR+ pays off: its cost grows linearly with
-// the length, exact attention's quadratically.
+// Protein encoder: reads protein sequences from a FASTA file, embeds the amino acids and runs a
+// stack of Transformer blocks (d_model 512, 8 heads of width 64) over them three times with the
+// same weights: with FAVOR+ random-feature attention, with exact softmax attention, and with
+// "flat" attention (every key weighted equally, q and k ignored: the yardstick an approximation
+// must beat). Per chain it prints the time and peak heap of the FAVOR+ and the exact pass, and
+// how far the FAVOR+ and the flat encodings are from the exact one.
 //
-// Usage: performer_example_protein_encoder FILE.fa [--layers L] [--features M] [--max N]
-// e.g. with Debian's hmmer-examples package:
+// Usage: performer_example_protein_encoder FILE.fa [options]   (--help lists them)
+// e.g. with Debian's hmmer-examples package (45 globins of about 150 residues):
 //   performer_example_protein_encoder /usr/share/doc/hmmer/examples/tutorial/globins45.fa
+// and the same with --qk-scale 0.35 --map hyperbolic --features 1024 (see ACCURACY).
+//
+// SPEED. Per head FAVOR+ costs O(N M d) time, exact attention O(N^2 d); FAVOR+ wins from about
+// N = 1,000 tokens. A globin is too short for that, so by default consecutive records are joined
+// into chains of up to 4,096 residues (--concat N; a stand-in for a long protein). Exact
+// attention is materialized by default (N x N weights per head, as a standard Transformer);
+// --exact tiled runs the library's online-softmax form, same result in memory linear in N.
+// On globins45.fa (one thread, busy machine) a 4,038-residue chain took 6.2 s with FAVOR+ and
+// 13.4 s with exact attention, at a peak heap of 60 MiB against 121 MiB.
+//
+// ACCURACY (docs/algorithms.md 5.2, 5.5, 5.7). FAVOR+ estimates each weight exp(q.k / sqrt(d))
+// as a mean over M random features whose relative variance is exp(s) - 1, s = |q~ + k~|^2 with
+// q~ = q / d^(1/4), k~ = k / d^(1/4). Column "s" is its mean at the first layer.
+// - s around 16, this untrained stack as initialised: LayerNorm outputs and Xavier-uniform W_q,
+//   W_k give |q~|^2 = |k~|^2 = 8 per head, and exp(16) = 9 million. The error would fall like
+//   1/sqrt(M) only for M far beyond that; at M = 64 to 4,096 a few large terms dominate the
+//   mean, most weights come out too small, and FAVOR+ attends to a sparser, random set of keys.
+//   On the 4,038-residue chain the distance from exact is 0.29, 0.25, 0.23 and 0.19 for
+//   M = 64, 256, 1,024 and 4,096, farther than flat attention's 0.155: q and k only add noise.
+//   The exact logits q.k / sqrt(d) spread by only about 1 here; the variance comes from the
+//   norms. Layers do not compound it (MYG_ESCGI alone, M = 256: 0.25 with one layer, 0.27
+//   with two, 0.25 with four, 0.24 with eight).
+// - s up to about 2 to 4: the error falls like 1/sqrt(M). --qk-scale S multiplies W_q and W_k
+//   of every block by S (the logits by S^2, a temperature; s by S^2). At S = 0.35 (s = 1.9) the
+//   distance is 0.017, 0.009 and 0.004 for M = 256, 1,024 and 4,096; at M = 1,024 FAVOR++
+//   (--map favorpp) gives 0.008 and hyperbolic features (--map hyperbolic) 0.006.
+// - But a small s means small logits: a pair's logit q~.k~ is at most s / 4. At S = 0.35 the
+//   exact attention is nearly flat itself (flat attention is 0.019 from exact), and M = 256 is
+//   barely closer than that; 1,024 hyperbolic features are 3 times closer. So FAVOR+
+//   approximates smooth attention, and sharp, peaked attention (large logits, hence large s)
+//   badly; FAVOR++ and hyperbolic features lower the variance but do not change that. A
+//   Performer trained with its features in the loop learns q and k that suit them; it need
+//   not imitate an exact model.
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <random>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include <performer/attention/favor_attention.hpp>
+// Counts the heap bytes of the whole program (glibc), to print each forward pass's peak memory.
+#define PERFORMER_DEFINE_COUNTING_ALLOCATOR
 #include <performer/performer.hpp>
+#include <performer/testing/counting_allocator.hpp>
 
 namespace {
+
+using T = float;
+using performer::index_t;
+using matrix = performer::row_matrix<T>;
+
+constexpr index_t d_model = 512;
+constexpr index_t heads = 8;
+constexpr index_t head_dim = d_model / heads;
+
+struct options {
+  std::string path;
+  index_t layers = 2;
+  index_t features = 256;  // M, the columns of phi(x)
+  std::string map = "positive";
+  double qk_scale = 1.0;
+  std::size_t concat = 4096;
+  std::string exact = "materialized";
+  std::size_t max_chains = 10;
+  double max_diff = -1;  // < 0: no check
+};
+
+void usage(std::ostream& out, const char* argv0) {
+  out << "usage: " << argv0 << " FILE.fa [options]\n"
+      << "Encodes protein sequences with FAVOR+, exact and flat attention (same weights) and\n"
+      << "prints time, peak heap and the distance of each encoding from the exact one.\n"
+      << "  --layers L        Transformer blocks (default 2)\n"
+      << "  --features M      random features per head, M (default 256)\n"
+      << "  --map NAME        positive (FAVOR+, default), hyperbolic (M/2 projections, 2 features\n"
+      << "                    each), favorpp (FAVOR++, parameter fitted to each call's q and k)\n"
+      << "  --qk-scale S      multiply W_q and W_k of every block by S (default 1): the logits\n"
+      << "                    and the variance exponent s = |q~ + k~|^2 by S^2\n"
+      << "  --concat N        join consecutive records into chains of up to N residues (default\n"
+      << "                    4096; 0 encodes each record alone)\n"
+      << "  --exact NAME      materialized (N x N weights per head, as a standard Transformer;\n"
+      << "                    default) or tiled (online softmax: the same result in O(N) memory)\n"
+      << "  --max C           encode at most C chains (default 10)\n"
+      << "  --max-diff X      exit with status 1 if a FAVOR encoding is farther than X from exact\n"
+      << "  --help            this text\n";
+}
+
+/// Parses the command line; throws std::invalid_argument with a message on a bad one.
+options parse(int argc, char** argv) {
+  options o;
+  const auto value = [&](int& i) -> std::string {
+    if (i + 1 >= argc) throw std::invalid_argument(std::string(argv[i]) + " needs a value");
+    return argv[++i];
+  };
+  const auto number = [](const std::string& flag, const std::string& text) {
+    std::size_t used = 0;
+    double x = 0;
+    try {
+      x = std::stod(text, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != text.size() || !std::isfinite(x)) {
+      throw std::invalid_argument(flag + " needs a number, got '" + text + "'");
+    }
+    return x;
+  };
+  const auto count = [&](const std::string& flag, const std::string& text, double min) {
+    const double x = number(flag, text);
+    if (x < min || x != std::floor(x) || x > 1e9) {
+      throw std::invalid_argument(flag + " needs a whole number >= " +
+                                  std::to_string(static_cast<int>(min)) + ", got '" + text + "'");
+    }
+    return static_cast<index_t>(x);
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--layers") {
+      o.layers = count(arg, value(i), 1);
+    } else if (arg == "--features") {
+      o.features = count(arg, value(i), 1);
+    } else if (arg == "--map") {
+      o.map = value(i);
+      if (o.map != "positive" && o.map != "hyperbolic" && o.map != "favorpp") {
+        throw std::invalid_argument("--map must be positive, hyperbolic or favorpp, got '" + o.map +
+                                    "'");
+      }
+    } else if (arg == "--qk-scale") {
+      o.qk_scale = number(arg, value(i));
+      if (o.qk_scale <= 0) throw std::invalid_argument("--qk-scale must be positive");
+    } else if (arg == "--concat") {
+      o.concat = static_cast<std::size_t>(count(arg, value(i), 0));
+    } else if (arg == "--exact") {
+      o.exact = value(i);
+      if (o.exact != "tiled" && o.exact != "materialized") {
+        throw std::invalid_argument("--exact must be tiled or materialized, got '" + o.exact + "'");
+      }
+    } else if (arg == "--max") {
+      o.max_chains = static_cast<std::size_t>(count(arg, value(i), 1));
+    } else if (arg == "--max-diff") {
+      o.max_diff = number(arg, value(i));
+    } else if (!arg.empty() && arg[0] == '-') {
+      throw std::invalid_argument("unknown option " + arg);
+    } else if (o.path.empty()) {
+      o.path = arg;
+    } else {
+      throw std::invalid_argument("more than one FILE given ('" + o.path + "', '" + arg + "')");
+    }
+  }
+  if (o.path.empty()) throw std::invalid_argument("no FASTA file given");
+  if (o.map == "hyperbolic" && o.features % 2 != 0) {
+    throw std::invalid_argument("--map hyperbolic needs an even --features");
+  }
+  return o;
+}
 
 struct protein {
   std::string name;
@@ -38,12 +188,35 @@ std::vector<protein> read_fasta(const std::string& path) {
       out.push_back({line.substr(1, line.find_first_of(" \t") - 1), ""});
     } else if (!out.empty()) {
       for (const char c : line) {
-        if (std::isalpha(static_cast<unsigned char>(c)) != 0) out.back().residues += static_cast<char>(std::toupper(c));
+        if (std::isalpha(static_cast<unsigned char>(c)) != 0) {
+          out.back().residues += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        }
       }
     }
   }
-  if (out.empty()) throw std::runtime_error(path + " holds no FASTA record");
+  std::erase_if(out, [](const protein& p) { return p.residues.empty(); });
+  if (out.empty()) throw std::runtime_error(path + " holds no FASTA record with residues");
   return out;
+}
+
+/// Consecutive records joined into chains of at most `limit` residues (a longer record stays a
+/// chain of its own); limit 0 keeps every record alone. A chain is named after its first record.
+std::vector<protein> make_chains(const std::vector<protein>& records, std::size_t limit) {
+  if (limit == 0) return records;
+  std::vector<protein> chains;
+  std::size_t joined = 0;
+  for (const auto& r : records) {
+    if (chains.empty() || chains.back().residues.size() + r.residues.size() > limit) {
+      if (!chains.empty() && joined > 1) chains.back().name += "+" + std::to_string(joined - 1);
+      chains.push_back(r);
+      joined = 1;
+    } else {
+      chains.back().residues += r.residues;
+      ++joined;
+    }
+  }
+  if (joined > 1) chains.back().name += "+" + std::to_string(joined - 1);
+  return chains;
 }
 
 /// Index of a residue in the 20 standard amino acids; 20 for anything else (X, B, Z, U, ...).
@@ -53,87 +226,276 @@ int residue_index(char c) {
   return pos == std::string::npos ? 20 : static_cast<int>(pos);
 }
 
-/// Token embedding (a fixed seeded table, as a trained model would load) plus sinusoidal
-/// positions (Vaswani et al. 2017, section 3.5).
-performer::row_matrix<float> embed(const std::string& residues, const performer::row_matrix<float>& table) {
-  const auto n = static_cast<Eigen::Index>(residues.size());
-  const Eigen::Index d = table.cols();
-  performer::row_matrix<float> x(n, d);
-  for (Eigen::Index i = 0; i < n; ++i) {
+/// A fixed token-embedding table, uniform in [-1, 1), as a trained model would load one.
+/// std::mt19937_64's output is fixed by the C++ standard (unlike the distributions), so the
+/// table is the same on every platform.
+matrix embedding_table() {
+  std::mt19937_64 rng(3);
+  matrix table(21, d_model);
+  for (index_t r = 0; r < table.rows(); ++r) {
+    for (index_t c = 0; c < d_model; ++c) {
+      const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;  // [0, 1), 53 bits
+      table(r, c) = static_cast<T>(2 * u - 1);
+    }
+  }
+  return table;
+}
+
+/// Token embedding plus sinusoidal positions (Vaswani et al. 2017, section 3.5).
+matrix embed(const std::string& residues, const matrix& table) {
+  const auto n = static_cast<index_t>(residues.size());
+  matrix x(n, d_model);
+  for (index_t i = 0; i < n; ++i) {
     x.row(i) = table.row(residue_index(residues[static_cast<std::size_t>(i)]));
-    for (Eigen::Index c = 0; c < d; c += 2) {
-      const double angle = static_cast<double>(i) / std::pow(10000.0, static_cast<double>(c) / static_cast<double>(d));
-      x(i, c) += static_cast<float>(std::sin(angle));
-      if (c + 1 < d) x(i, c + 1) += static_cast<float>(std::cos(angle));
+    for (index_t c = 0; c < d_model; c += 2) {
+      const double angle = static_cast<double>(i) /
+                           std::pow(10000.0, static_cast<double>(c) / static_cast<double>(d_model));
+      x(i, c) += static_cast<T>(std::sin(angle));
+      x(i, c + 1) += static_cast<T>(std::cos(angle));
     }
   }
   return x;
 }
 
+/// "Flat" attention: every visible key weighted equally, q and k ignored. A user-defined
+/// mechanism (it models performer::attention_mechanism) that serves as a yardstick: an
+/// approximation of exact attention is worth its cost only if it is much closer to exact than
+/// this is.
+struct flat_attention {
+  using scalar_type = T;
+  static constexpr bool supports_causal = false;
+  struct workspace_type {
+    performer::row_vector<T> mean;
+  };
+
+  void forward(const performer::const_matrix_ref<T>& q, const performer::const_matrix_ref<T>& k,
+               const performer::const_matrix_ref<T>& v, performer::matrix_ref<T> out,
+               const performer::attention_mask& mask, workspace_type& ws) const {
+    performer::check_attention_args<T>("flat_attention::forward", q, k, v, out, mask);
+    ws.mean = performer::row_vector<T>::Zero(v.cols());
+    index_t visible = 0;
+    for (index_t j = 0; j < v.rows(); ++j) {
+      if (mask.keeps(static_cast<std::size_t>(j))) {
+        ws.mean += v.row(j);
+        ++visible;
+      }
+    }
+    if (visible > 0) ws.mean /= static_cast<T>(visible);  // no visible key: zero rows
+    out.rowwise() = ws.mean;
+  }
+};
+static_assert(performer::attention_mechanism<flat_attention>);
+
+/// Multiplies W_q, b_q, W_k and b_k of every block by s (logits by s^2: a temperature 1/s^2).
+template <class Stack>
+void scale_qk(Stack& stack, double s) {
+  for (index_t l = 0; l < stack.layers(); ++l) {
+    auto p = stack.layer(l).parameters();
+    p.w_q *= static_cast<T>(s);
+    p.b_q *= static_cast<T>(s);
+    p.w_k *= static_cast<T>(s);
+    p.b_k *= static_cast<T>(s);
+    stack.layer(l).set_parameters(std::move(p));
+  }
+}
+
+/// Mean over heads and query-key pairs of |q~ + k~|^2 (q~ = q / d^(1/4)) at a block's input x:
+/// the exponent of FAVOR+'s variance (docs/algorithms.md 5.7). The pairs' mean is
+/// mean|q~|^2 + mean|k~|^2 + 2 mean(q~) . mean(k~), so it costs O(N d).
+template <class Block>
+double mean_variance_exponent(const Block& block, const matrix& x) {
+  const auto& p = block.parameters();
+  matrix normed(x.rows(), x.cols());  // LayerNorm with the block's gain and bias (pre-LN)
+  const auto eps = static_cast<T>(block.config().layer_norm_eps);
+  for (index_t i = 0; i < x.rows(); ++i) {
+    const auto row = x.row(i).array();
+    const T mean = row.mean();
+    const T var = (row - mean).square().mean();
+    normed.row(i) =
+        ((row - mean) / std::sqrt(var + eps) * p.norm1_gain.array() + p.norm1_bias.array())
+            .matrix();
+  }
+  matrix q = normed * p.w_q;
+  q.rowwise() += p.b_q;
+  matrix k = normed * p.w_k;
+  k.rowwise() += p.b_k;
+  const double inv_sqrt_d =
+      1.0 / std::sqrt(static_cast<double>(head_dim));  // |x~|^2 = |x|^2 / sqrt(d)
+  const auto n = static_cast<double>(x.rows());
+  double total = 0;
+  for (index_t h = 0; h < heads; ++h) {
+    const auto qh = q.middleCols(h * head_dim, head_dim).template cast<double>();
+    const auto kh = k.middleCols(h * head_dim, head_dim).template cast<double>();
+    const double cross = (qh.colwise().sum() / n).dot(kh.colwise().sum() / n);
+    total += (qh.squaredNorm() / n + kh.squaredNorm() / n + 2 * cross) * inv_sqrt_d;
+  }
+  return total / static_cast<double>(heads);
+}
+
+struct timed {
+  matrix y;
+  double ms = 0;
+  double mib = 0;  // peak heap during the forward pass (0 where it cannot be counted)
+};
+
+template <class Stack>
+timed run(const Stack& stack, const matrix& x) {
+  timed r;
+  const auto t0 = std::chrono::steady_clock::now();
+  const long long bytes = performer::counting::peak_during([&] { r.y = stack.forward(x); });
+  r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  r.mib = static_cast<double>(bytes) / (1024.0 * 1024.0);
+  return r;
+}
+
+template <class Favor, class Exact>
+int encode(const options& o, const Favor& favor_stack, const Exact& exact_stack,
+           const std::string& label) {
+  const performer::block_config cfg{.d_model = d_model, .heads = heads};
+  auto flat_stack =
+      performer::transformer_stack<flat_attention>(cfg, o.layers, flat_attention{}, 7);
+  scale_qk(flat_stack, o.qk_scale);
+
+  const auto records = read_fasta(o.path);
+  const auto chains = make_chains(records, o.concat);
+  const auto table = embedding_table();
+  const std::size_t count = std::min(o.max_chains, chains.size());
+  std::cout << "encoding " << count << " of " << chains.size();
+  if (o.concat > 0) {
+    std::cout << " chains (" << records.size() << " records joined into chains of up to "
+              << o.concat << " residues)";
+  } else {
+    std::cout << " records";
+  }
+  std::cout << " from " << o.path << "\n"
+            << o.layers << (o.layers == 1 ? " layer" : " layers") << ", d_model " << d_model << ", "
+            << heads << " heads of width " << head_dim << "; " << label << "; exact attention "
+            << o.exact << "; q and k scaled by " << o.qk_scale << "\n";
+  if (!performer::counting::available) std::cout << "(peak heap not counted in this build)\n";
+
+  // Warm-up on a few tokens: thread start-up and first-touch costs stay out of the timings.
+  {
+    const auto x = embed(chains.front().residues.substr(0, 32), table);
+    static_cast<void>(favor_stack.forward(x));
+    static_cast<void>(exact_stack.forward(x));
+  }
+
+  std::cout << std::left << std::setw(18) << "chain" << std::right << std::setw(7) << "length"
+            << std::setw(7) << "s" << std::setw(11) << "FAVOR ms" << std::setw(11) << "exact ms"
+            << std::setw(9) << "speed-up" << std::setw(11) << "FAVOR MiB" << std::setw(11)
+            << "exact MiB" << std::setw(12) << "FAVOR diff" << std::setw(11) << "flat diff"
+            << "\n";
+  double worst = 0;
+  double worst_s = 0;
+  bool favor_behind_flat = false;
+  for (std::size_t c = 0; c < count; ++c) {
+    const auto x = embed(chains[c].residues, table);
+    const double s = mean_variance_exponent(exact_stack.layer(0), x);
+    const timed f = run(favor_stack, x);
+    const timed e = run(exact_stack, x);
+    const matrix y_flat = flat_stack.forward(x);
+    if (!f.y.allFinite() || !e.y.allFinite()) {
+      std::cerr << "error: non-finite encoding of " << chains[c].name << "\n";
+      return EXIT_FAILURE;
+    }
+    const double diff = (f.y - e.y).norm() / e.y.norm();
+    const double flat = (y_flat - e.y).norm() / e.y.norm();
+    worst = std::max(worst, diff);
+    worst_s = std::max(worst_s, s);
+    favor_behind_flat = favor_behind_flat || diff > flat;
+    std::cout << std::left << std::setw(18) << chains[c].name.substr(0, 17) << std::right
+              << std::setw(7) << x.rows() << std::fixed << std::setprecision(1) << std::setw(7) << s
+              << std::setw(11) << f.ms << std::setw(11) << e.ms << std::setw(8) << e.ms / f.ms
+              << "x" << std::setw(11) << f.mib << std::setw(11) << e.mib << std::setprecision(4)
+              << std::setw(12) << diff << std::setw(11) << flat << "\n";
+    std::cout.unsetf(std::ios::fixed);
+  }
+  std::cout << "s: mean |q~ + k~|^2 over query-key pairs and heads at the first layer; FAVOR+'s\n"
+               "   relative variance per feature is exp(s) - 1 (docs/algorithms.md 5.7).\n"
+               "MiB: peak heap during the pass (activations, attention workspace, output).\n"
+               "diff: |Y - Y_exact| / |Y_exact| of the final encodings; flat: the same for\n"
+               "   attention that weights every key equally (q and k ignored).\n";
+  if (favor_behind_flat) {
+    std::cout << "note: the FAVOR encoding is farther from exact than flat attention's.\n";
+    if (worst_s > 4) {
+      std::cout << "With s = " << std::setprecision(3) << worst_s
+                << ", exp(s) - 1 = " << std::setprecision(2) << std::expm1(worst_s)
+                << ": the error falls like 1/sqrt(M) only once M is far\nabove that; M = "
+                << o.features << " features are dominated by a few large terms. Smaller q and k\n"
+                << "help (--qk-scale 0.35 divides s by 8), with more features (--features 1024);\n"
+                << "see the comment at the top of protein_encoder.cpp.\n";
+    } else {
+      std::cout << "With s = " << std::setprecision(3) << worst_s
+                << " the error falls like 1/sqrt(M), but the exact attention is nearly flat\n"
+                << "too: more --features, or --map hyperbolic or favorpp, bring FAVOR closer.\n";
+    }
+  }
+  if (o.max_diff >= 0 && worst > o.max_diff) {
+    std::cerr << "error: a FAVOR encoding is " << worst << " from exact, above --max-diff "
+              << o.max_diff << "\n";
+    return EXIT_FAILURE;
+  }
+  return EXIT_SUCCESS;
+}
+
+template <class Favor>
+int with_exact(const options& o, const Favor& favor_stack, const std::string& label) {
+  const performer::block_config cfg{.d_model = d_model, .heads = heads};
+  const auto make_exact = [&]<class Exact>(Exact attention) {
+    auto stack = performer::transformer_stack<Exact>(cfg, o.layers, attention, 7);
+    scale_qk(stack, o.qk_scale);
+    return stack;
+  };
+  if (o.exact == "materialized") {
+    return encode(o, favor_stack, make_exact(performer::softmax_attention<T>{}), label);
+  }
+  return encode(o, favor_stack, make_exact(performer::tiled_softmax_attention<T>{}), label);
+}
+
+/// Builds the FAVOR stack for o.map. Same root seed (7) as the other stacks, hence the same
+/// weights; each layer's random features come from that layer's seed.
+template <class FeatureMap>
+int with_map(const options& o, index_t projections, const std::string& label) {
+  using favor = performer::favor_attention<T, FeatureMap>;
+  const performer::block_config cfg{.d_model = d_model, .heads = heads};
+  auto stack = performer::transformer_stack<favor>(
+      cfg, o.layers,
+      [&](index_t, std::uint64_t seed) { return favor(head_dim, projections, seed); }, 7);
+  scale_qk(stack, o.qk_scale);
+  return with_exact(o, stack, label);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << "usage: " << argv[0] << " FILE.fa [--layers L] [--features M] [--max N]\n";
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
+      usage(std::cout, argv[0]);
+      return EXIT_SUCCESS;
+    }
+  }
+  options o;
+  try {
+    o = parse(argc, argv);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    usage(std::cerr, argv[0]);
     return 2;
   }
-  Eigen::Index layers = 2;
-  Eigen::Index features = 256;
-  std::size_t max_records = 10;
-  for (int i = 2; i + 1 < argc; i += 2) {
-    const std::string opt = argv[i];
-    if (opt == "--layers") layers = std::atol(argv[i + 1]);
-    else if (opt == "--features") features = std::atol(argv[i + 1]);
-    else if (opt == "--max") max_records = static_cast<std::size_t>(std::atol(argv[i + 1]));
-    else {
-      std::cerr << "unknown option " << opt << "\n";
-      return 2;
-    }
-  }
   try {
-    const auto proteins = read_fasta(argv[1]);
-    constexpr Eigen::Index d_model = 512;
-    constexpr Eigen::Index heads = 8;
-    const performer::block_config cfg{.d_model = d_model, .heads = heads};
-    using favor = performer::favor_attention<float>;
-    using exact = performer::tiled_softmax_attention<float>;
-    // Each layer draws its own random features; both stacks share the seed, hence the weights.
-    const performer::transformer_stack<favor> favor_stack(
-        cfg, layers, [&](Eigen::Index l) { return favor(d_model / heads, features, 1000 + static_cast<std::uint64_t>(l)); }, 7);
-    const performer::transformer_stack<exact> exact_stack(cfg, layers, exact{}, 7);
-    performer::row_matrix<float> table(21, d_model);
-    performer::detail::xoshiro256ss rng(3);
-    for (Eigen::Index r = 0; r < table.rows(); ++r) {
-      for (Eigen::Index c = 0; c < d_model; ++c) table(r, c) = static_cast<float>(2 * rng.uniform() - 1);
+    const std::string m = std::to_string(o.features);
+    if (o.map == "hyperbolic") {
+      return with_map<performer::hyperbolic_features<T>>(
+          o, o.features / 2,
+          "hyperbolic features, M = " + m + " (m = " + std::to_string(o.features / 2) + ")");
     }
-
-    std::cout << "encoding " << std::min(max_records, proteins.size()) << " of " << proteins.size()
-              << " proteins from " << argv[1] << " (" << layers << " layers, d_model " << d_model
-              << ", " << heads << " heads, FAVOR+ with m = " << features << ")\n"
-              << std::left << std::setw(16) << "protein" << std::right << std::setw(8) << "length"
-              << std::setw(12) << "FAVOR+ ms" << std::setw(12) << "exact ms" << std::setw(14)
-              << "rel. diff" << "\n";
-    for (std::size_t p = 0; p < std::min(max_records, proteins.size()); ++p) {
-      const auto x = embed(proteins[p].residues, table);
-      const auto t0 = std::chrono::steady_clock::now();
-      const auto y_favor = favor_stack.forward(x);
-      const auto t1 = std::chrono::steady_clock::now();
-      const auto y_exact = exact_stack.forward(x);
-      const auto t2 = std::chrono::steady_clock::now();
-      if (!y_favor.allFinite() || !y_exact.allFinite()) {
-        std::cerr << "error: non-finite encoding of " << proteins[p].name << "\n";
-        return 1;
-      }
-      std::cout << std::left << std::setw(16) << proteins[p].name.substr(0, 15) << std::right
-                << std::setw(8) << x.rows() << std::fixed << std::setprecision(2) << std::setw(12)
-                << std::chrono::duration<double, std::milli>(t1 - t0).count() << std::setw(12)
-                << std::chrono::duration<double, std::milli>(t2 - t1).count() << std::setw(14)
-                << std::setprecision(4) << (y_favor - y_exact).norm() / y_exact.norm() << "\n";
-      std::cout.unsetf(std::ios::fixed);
+    if (o.map == "favorpp") {
+      return with_map<performer::favor_plus_plus_features<T>>(o, o.features,
+                                                              "FAVOR++ features, M = " + m);
     }
+    return with_map<performer::positive_features<T>>(o, o.features, "FAVOR+ features, M = " + m);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
-    return 1;
+    return EXIT_FAILURE;
   }
-  return 0;
 }
