@@ -322,7 +322,9 @@ struct lsh_products {
     const index_t dv = b->v.cols();
     p.for_items(static_cast<index_t>(tiles.size()), parallel, [&](index_t i, index_t ln) {
       lane& l = lanes[ln];
-      const auto [rows, w] = tiles[static_cast<std::size_t>(i)];
+      // Named copies, not structured bindings: clang 14 cannot capture bindings in a lambda.
+      const index_t rows = tiles[static_cast<std::size_t>(i)].first;
+      const index_t w = tiles[static_cast<std::size_t>(i)].second;
       p.product(rows, d, w, [&] {
         l.logits.topLeftCorner(rows, w).noalias() =
             l.queries.topRows(rows) * l.keys.topRows(w).transpose();

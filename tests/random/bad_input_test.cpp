@@ -76,7 +76,10 @@ TEST(RandomBadInput, RandomProjectionSetMatrix_BeyondT) {
 // d = 0 (its blocks are d wide).
 template <class Sampler>
 void expect_sizes_checked(const char* who) {
-  for (const auto& [m, width] : {std::pair<index_t, index_t>{0, d}, {3, 0}, {-1, d}, {3, -2}}) {
+  for (const auto& size : {std::pair<index_t, index_t>{0, d}, {3, 0}, {-1, d}, {3, -2}}) {
+    // Named copies, not structured bindings: clang 14 cannot capture bindings in a lambda.
+    const index_t m = size.first;
+    const index_t width = size.second;
     SCOPED_TRACE(testing::Message() << m << " x " << width);
     PERFORMER_EXPECT_INVALID(
         who, "m (" + std::to_string(m) + ") and d (" + std::to_string(width) + ") must be positive",

@@ -118,6 +118,11 @@ long long peak_during(F&& f) {
 
 #if defined(PERFORMER_DEFINE_COUNTING_ALLOCATOR)
 #if PERFORMER_COUNTING_ALLOCATOR
+#if __has_include(<mm_malloc.h>)
+// clang's <mm_malloc.h> (reached from Eigen through the intrinsics headers) redeclares
+// posix_memalign without noexcept; it must come before the definition below, not after it.
+#include <mm_malloc.h>
+#endif
 // glibc's own allocator, which the replacements below forward to.
 extern "C" {
 void* __libc_malloc(std::size_t size);
