@@ -140,14 +140,17 @@ TEST(FavorBadInput, FavorForward_LargeLogitsFinite) {
 
 // The trigonometric map's estimate phi(q).phi(k) can be exactly 0; its documentation promises
 // an exception then ("an exception when the normaliser is exactly zero"), not the zero row that
-// means "no visible key". The construction: with w = [[0, 1], [1, 0]], q = 0 and k~ = (pi, 0),
-// the estimate is (cos 0 + cos pi) / 2 = 0 exactly in float and double (cos of the rounded pi
-// rounds to -1).
+// means "no visible key". The construction: m = 4 rows alternating (0, 1) and (1, 0), q = 0 and
+// k~ = (pi, 0), so the estimate is (cos 0 + cos pi) / 2 twice over, 0 exactly: cos of the
+// rounded pi rounds to -1, and with m = 4 every feature is cos / 2, so every product in the
+// normaliser is exact and an FMA (x86-64-v3 and up) cannot leave a rounding residue behind. With
+// m = 2 (features cos / sqrt 2) it did: the x86-64-v3 build got a normaliser of one rounding
+// error and the output 1.
 TEST(FavorBadInput, TrigonometricForward_ZeroNormaliser) {
   for_float_and_double([]<class T>() {
-    favor_attention<T, trigonometric_features<T>> favor(2, 2, 1);
-    row_matrix<T> w(2, 2);
-    w << 0, 1, 1, 0;
+    favor_attention<T, trigonometric_features<T>> favor(2, 4, 1);
+    row_matrix<T> w(4, 2);
+    w << 0, 1, 1, 0, 0, 1, 1, 0;
     favor.projection().set_matrix(w);
     const row_matrix<T> q = row_matrix<T>::Zero(1, 2);
     row_matrix<T> k(1, 2);

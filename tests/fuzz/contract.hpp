@@ -193,7 +193,7 @@ std::optional<row_matrix<T>> run_attention(std::string_view who, const Mech& mec
       mech.forward(*fresh.q, *fresh.k, *fresh.v, *fresh.out, c.am(), ws2);
     });
     if (o.ok != o2.ok) bug(cat(who, ": accepted with one workspace, rejected with another"));
-    if (o.ok && !bitwise_equal(*b.out, *fresh.out)) {
+    if (o.ok && !same_bits(*b.out, *fresh.out)) {
       bug(cat(who, ": the result depends on the workspace's history"));
     }
   }
@@ -240,7 +240,7 @@ void attend_with(const Mech& mech, const attention_case<T>& c, const expectation
   }
   if (!reason.empty()) bug(cat(who, ": accepted invalid input (", reason, ")"));
   if (got.rows() != c.q.rows() || got.cols() != c.v.cols()) bug(cat(who, ": result has the wrong shape"));
-  if (!bitwise_equal(got, direct)) bug(cat(who, ": attend differs from forward"));
+  if (!same_bits(got, direct)) bug(cat(who, ": attend differs from forward"));
   check_output(who, got, c, e);
 }
 

@@ -117,7 +117,7 @@ void run_decoder(byte_reader& r, const header& h, const Att& att, index_t head_d
     dec->reset();
     if (dec->position() != 0) bug("favor_decoder::reset: position() is not 0");
     const run_result again = run(*dec);
-    if (!bitwise_equal(first.out, again.out)) bug("favor_decoder: replay after reset() differs");
+    if (!same_bits(first.out, again.out)) bug("favor_decoder: replay after reset() differs");
   }
   // Every emitted row against the causal estimate (the outputs of forward with causal = true).
   if (!first.all_ok || md != mode::valid || n == primed) return;

@@ -185,7 +185,7 @@ void lsh_entry(byte_reader& r, const header& h) {
                         rows != head_dim || half < 1 || half > 64 || !all_finite(rot));
       if (!so.ok) continue;
       user[static_cast<std::size_t>(round)] = half;
-      if (!bitwise_equal(mech->hash_family().rotation(round, 2 * half), rot)) bug("angular_hash::rotation differs");
+      if (!same_bits(mech->hash_family().rotation(round, 2 * half), rot)) bug("angular_hash::rotation differs");
     }
     const index_t round = h.p[6] % (o.hashes + 1);
     // Mostly a valid count (2..128); with bit 7 set, odd, negative and too large ones.

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include <performer/performer.hpp>
+#include <performer/testing/helpers.hpp>
 
 namespace fuzz {
 
@@ -316,18 +317,7 @@ double max_row_norm(const M& m) {
   return a;
 }
 
-template <class A, class B>
-bool bitwise_equal(const A& a, const B& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
-  for (index_t i = 0; i < a.rows(); ++i) {
-    for (index_t j = 0; j < a.cols(); ++j) {
-      const auto x = a(i, j);
-      const auto y = b(i, j);
-      if (std::memcmp(&x, &y, sizeof x) != 0) return false;
-    }
-  }
-  return true;
-}
+using performer::conformance::same_bits;
 
 template <class T>
 constexpr double eps_of() {
@@ -446,7 +436,7 @@ struct call_buffers {
       for (index_t j = 0; j < out_store.cols(); ++j) {
         const bool inside = i >= out_r0 && i < out_r0 + out->rows() && j >= out_c0 &&
                             j < out_c0 + out->cols();
-        if (!inside && !bitwise_equal(out_store.block(i, j, 1, 1),
+        if (!inside && !same_bits(out_store.block(i, j, 1, 1),
                                       row_matrix<T>::Constant(1, 1, guard))) {
           bug(cat(who, ": wrote outside the output view at (", i - out_r0, ", ", j - out_c0, ")"));
         }

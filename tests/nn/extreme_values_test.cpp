@@ -21,6 +21,8 @@
 #include <performer/softmax/tiled_softmax_attention.hpp>
 #include <performer/testing/detail/extreme_contract.hpp>
 
+#include "nn/instantiations.hpp"
+
 namespace performer::conformance::extreme {
 namespace {
 

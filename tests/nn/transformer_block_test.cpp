@@ -14,6 +14,8 @@
 #include <performer/testing/helpers.hpp>
 #include <performer/testing/oracle.hpp>
 
+#include "nn/instantiations.hpp"
+
 #include "window_attention.hpp"
 
 namespace {

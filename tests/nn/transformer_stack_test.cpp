@@ -15,6 +15,8 @@
 #include <performer/testing/helpers.hpp>
 #include <performer/testing/oracle.hpp>
 
+#include "nn/instantiations.hpp"
+
 namespace {
 
 using performer::block_config;

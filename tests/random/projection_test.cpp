@@ -12,6 +12,7 @@
 #include <performer/core/error.hpp>
 #include <performer/favor/features/positive_features.hpp>
 #include <performer/random/projection.hpp>
+#include <performer/testing/helpers.hpp>
 
 namespace {
 
@@ -24,11 +25,7 @@ using performer::row_norms;
 using performer::vector;
 using performer::detail::derive_seed;
 
-template <class T>
-bool same_bits(const row_matrix<T>& a, const row_matrix<T>& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(T) * static_cast<std::size_t>(a.size())) == 0;
-}
+using performer::conformance::same_bits;
 
 TEST(RandomProjection, DrawsFromTheSamplerAndTheSeed) {
   const random_projection<double> p(32, 8, 5);

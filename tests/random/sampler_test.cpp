@@ -15,6 +15,7 @@
 #include <performer/favor/features/positive_features.hpp>
 #include <performer/random/example_sampler.hpp>
 #include <performer/random/projection.hpp>
+#include <performer/testing/helpers.hpp>
 
 namespace {
 
@@ -27,11 +28,7 @@ using performer::row_norms;
 using performer::vector;
 using performer::detail::derive_seed;
 
-template <class T>
-bool same_bits(const row_matrix<T>& a, const row_matrix<T>& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(T) * static_cast<std::size_t>(a.size())) == 0;
-}
+using performer::conformance::same_bits;
 
 /// FNV-1a over the bit patterns of the entries, row by row.
 std::uint64_t fingerprint(const row_matrix<double>& w) {

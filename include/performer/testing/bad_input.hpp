@@ -91,8 +91,8 @@ class attention_bad_input : public ::testing::Test {
     const row_matrix<T> out0 = out_in;
     const bool rejected = expect_invalid([&] { a.forward(q_in, k_in, v_in, out_in, mask, ws); },
                                          traits::forward_name, fragments, file, line);
-    if (rejected && (!bitwise_equal(q_in, q0) || !bitwise_equal(k_in, k0) ||
-                     !bitwise_equal(v_in, v0) || !bitwise_equal(out_in, out0))) {
+    if (rejected && (!same_bits(q_in, q0) || !same_bits(k_in, k0) ||
+                     !same_bits(v_in, v0) || !same_bits(out_in, out0))) {
       ADD_FAILURE_AT(file, line) << "a rejected call changed q, k, v or out";
     }
   }
@@ -321,7 +321,7 @@ TYPED_TEST_P(attention_bad_input, SharedQkShape) {
                                   mask);
       // The keys are derived from q: k's values, once finite and of q's shape, change nothing.
       const row_matrix<T> other = random_matrix<T>(TestFixture::n, TestFixture::d, 9);
-      EXPECT_TRUE(bitwise_equal(run(this->a, this->q, other, this->v, mask),
+      EXPECT_TRUE(same_bits(run(this->a, this->q, other, this->v, mask),
                                 run(this->a, this->q, this->q, this->v, mask)));
     }
   }
@@ -401,7 +401,7 @@ TYPED_TEST_P(attention_bad_input, RejectedCallsLeaveTheWorkspaceUsable) {
     }
   }
   this->a.forward(this->q, this->k, this->v, this->out, attention_mask{}, this->ws);
-  EXPECT_TRUE(bitwise_equal(this->out, fresh)) << "after rejected calls:\n"
+  EXPECT_TRUE(same_bits(this->out, fresh)) << "after rejected calls:\n"
                                                << this->out << "\nfresh workspace:\n"
                                                << fresh;
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../core/types.hpp"
+#include "helpers.hpp"
 #include "maker_traits.hpp"
 
 namespace performer::conformance {
@@ -79,19 +80,5 @@ struct wrap_each<Wrap, ::testing::Types<Makers...>> {
 };
 template <template <class> class Wrap, class List>
 using wrap_each_t = typename wrap_each<Wrap, List>::type;
-
-/// True when a and b hold the same bits (NaNs included, which == would call different).
-template <class A, class B>
-[[nodiscard]] bool bitwise_equal(const A& a, const B& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
-  for (index_t i = 0; i < a.rows(); ++i) {
-    for (index_t j = 0; j < a.cols(); ++j) {
-      const auto x = a(i, j);
-      const auto y = b(i, j);
-      if (std::memcmp(&x, &y, sizeof x) != 0) return false;
-    }
-  }
-  return true;
-}
 
 }  // namespace performer::conformance

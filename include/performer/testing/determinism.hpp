@@ -29,20 +29,6 @@
 
 namespace performer::conformance {
 
-/// True when a and b hold the same bits (so -0 and +0, or two NaNs, are told apart).
-template <class A, class B>
-[[nodiscard]] bool same_bits(const A& a, const B& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
-  for (index_t i = 0; i < a.rows(); ++i) {
-    for (index_t j = 0; j < a.cols(); ++j) {
-      const auto x = a(i, j);
-      const auto y = b(i, j);
-      if (std::memcmp(&x, &y, sizeof x) != 0) return false;
-    }
-  }
-  return true;
-}
-
 template <class Maker>
 class attention_determinism : public ::testing::Test {
  protected:

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "../core/attention_mask.hpp"
 #include "../random/detail/generator.hpp"
@@ -40,6 +41,21 @@ template <class MA, class MB>
 double relative_difference(const MA& a, const MB& b) {
   const double scale = 1.0 + static_cast<double>(b.cwiseAbs().maxCoeff());
   return static_cast<double>((a - b).cwiseAbs().maxCoeff()) / scale;
+}
+
+/// True when a and b hold the same bits (so -0 and +0 are told apart, and two NaNs with the same
+/// payload are equal, which == would call different).
+template <class A, class B>
+[[nodiscard]] bool same_bits(const A& a, const B& b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+  for (index_t i = 0; i < a.rows(); ++i) {
+    for (index_t j = 0; j < a.cols(); ++j) {
+      const auto x = a(i, j);
+      const auto y = b(i, j);
+      if (std::memcmp(&x, &y, sizeof x) != 0) return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace performer::conformance
