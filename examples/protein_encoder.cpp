@@ -61,7 +61,11 @@
 #include <performer/performer.hpp>
 #include <performer/testing/counting_allocator.hpp>
 
+#include "protein_input.hpp"
+
 namespace {
+
+using namespace protein_input;
 
 using T = float;
 using performer::index_t;
@@ -171,92 +175,6 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-struct protein {
-  std::string name;
-  std::string residues;
-};
-
-std::vector<protein> read_fasta(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot open " + path);
-  std::vector<protein> out;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
-    if (line[0] == '>') {
-      out.push_back({line.substr(1, line.find_first_of(" \t") - 1), ""});
-    } else if (!out.empty()) {
-      for (const char c : line) {
-        if (std::isalpha(static_cast<unsigned char>(c)) != 0) {
-          out.back().residues += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-        }
-      }
-    }
-  }
-  std::erase_if(out, [](const protein& p) { return p.residues.empty(); });
-  if (out.empty()) throw std::runtime_error(path + " holds no FASTA record with residues");
-  return out;
-}
-
-/// Consecutive records joined into chains of at most `limit` residues (a longer record stays a
-/// chain of its own); limit 0 keeps every record alone. A chain is named after its first record.
-std::vector<protein> make_chains(const std::vector<protein>& records, std::size_t limit) {
-  if (limit == 0) return records;
-  std::vector<protein> chains;
-  std::size_t joined = 0;
-  for (const auto& r : records) {
-    if (chains.empty() || chains.back().residues.size() + r.residues.size() > limit) {
-      if (!chains.empty() && joined > 1) chains.back().name += "+" + std::to_string(joined - 1);
-      chains.push_back(r);
-      joined = 1;
-    } else {
-      chains.back().residues += r.residues;
-      ++joined;
-    }
-  }
-  if (joined > 1) chains.back().name += "+" + std::to_string(joined - 1);
-  return chains;
-}
-
-/// Index of a residue in the 20 standard amino acids; 20 for anything else (X, B, Z, U, ...).
-int residue_index(char c) {
-  static const std::string alphabet = "ACDEFGHIKLMNPQRSTVWY";
-  const auto pos = alphabet.find(c);
-  return pos == std::string::npos ? 20 : static_cast<int>(pos);
-}
-
-/// A fixed token-embedding table, uniform in [-1, 1), as a trained model would load one.
-/// std::mt19937_64's output is fixed by the C++ standard (unlike the distributions), so the
-/// table is the same on every platform.
-matrix embedding_table() {
-  std::mt19937_64 rng(3);
-  matrix table(21, d_model);
-  for (index_t r = 0; r < table.rows(); ++r) {
-    for (index_t c = 0; c < d_model; ++c) {
-      const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;  // [0, 1), 53 bits
-      table(r, c) = static_cast<T>(2 * u - 1);
-    }
-  }
-  return table;
-}
-
-/// Token embedding plus sinusoidal positions (Vaswani et al. 2017, section 3.5).
-matrix embed(const std::string& residues, const matrix& table) {
-  const auto n = static_cast<index_t>(residues.size());
-  matrix x(n, d_model);
-  for (index_t i = 0; i < n; ++i) {
-    x.row(i) = table.row(residue_index(residues[static_cast<std::size_t>(i)]));
-    for (index_t c = 0; c < d_model; c += 2) {
-      const double angle = static_cast<double>(i) /
-                           std::pow(10000.0, static_cast<double>(c) / static_cast<double>(d_model));
-      x(i, c) += static_cast<T>(std::sin(angle));
-      x(i, c + 1) += static_cast<T>(std::cos(angle));
-    }
-  }
-  return x;
-}
-
 /// "Flat" attention: every visible key weighted equally, q and k ignored. A user-defined
 /// mechanism (it models performer::attention_mechanism) that serves as a yardstick: an
 /// approximation of exact attention is worth its cost only if it is much closer to exact than
@@ -358,7 +276,7 @@ int encode(const options& o, const Favor& favor_stack, const Exact& exact_stack,
 
   const auto records = read_fasta(o.path);
   const auto chains = make_chains(records, o.concat);
-  const auto table = embedding_table();
+  const auto table = embedding_table<T>(d_model);
   const std::size_t count = std::min(o.max_chains, chains.size());
   std::cout << "encoding " << count << " of " << chains.size();
   if (o.concat > 0) {

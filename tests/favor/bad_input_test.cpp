@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <performer/testing/bad_input.hpp>
+#include <performer/testing/detail/extreme_contract.hpp>
 
 #include "favor/makers.hpp"
 #include "support/bad_input_cells.hpp"
@@ -127,7 +128,17 @@ TEST(FavorBadInput, FavorForward_LargeLogitsFinite) {
     const row_matrix<T> v = conformance::random_matrix<T>(6, dv, 3);
     for (const bool causal : {false, true}) {
       SCOPED_TRACE(causal ? "causal" : "bidirectional");
-      const row_matrix<T> out = conformance::run(favor, q, k, v, attention_mask{causal, {}});
+      row_matrix<T> out;
+      try {
+        out = conformance::run(favor, q, k, v, attention_mask{causal, {}});
+      } catch (const performer::invalid_argument& e) {
+        // Norm 100 at d = 8: float's features span beyond its exponent range, and whether every
+        // product of a query underflows depends on the platform's exp (extreme_contract.hpp).
+        // The documented refusal is then the answer; double must always give a result.
+        ASSERT_TRUE((std::is_same_v<T, float>)) << e.what();
+        ASSERT_TRUE(conformance::extreme::mentions_vanished_normaliser(e.what())) << e.what();
+        continue;
+      }
       ASSERT_TRUE(out.allFinite()) << out;
       const T slack = T(1e-4);
       for (index_t j = 0; j < dv; ++j) {

@@ -22,6 +22,7 @@
 #include <performer/testing/helpers.hpp>
 
 #include <performer/testing/oracle.hpp>
+#include <performer/testing/detail/extreme_contract.hpp>
 
 #include "favor/makers.hpp"
 
@@ -116,7 +117,17 @@ TEST(FavorAttention, ExtremeNormsStayFiniteAndMatchDoubleEvaluation) {
     favor_attention<double> f64(d, 64, 11);
     f64.projection().set_matrix(f32.projection().matrix().cast<double>());
     for (const bool causal : {false, true}) {
-      const auto a = run(f32, q, k, v, attention_mask{causal, {}});
+      // At norm 100 a query's feature products can all underflow float; whether they do depends
+      // on the platform's exp (subnormals on SSE and AVX2, flushed to zero by Eigen's AVX-512
+      // exp), and then the documented error is the answer. Below that, a result is demanded.
+      row_matrix<float> a;
+      try {
+        a = run(f32, q, k, v, attention_mask{causal, {}});
+      } catch (const performer::invalid_argument& e) {
+        ASSERT_GE(norm, 100.0F) << e.what();
+        ASSERT_TRUE(performer::conformance::extreme::mentions_vanished_normaliser(e.what())) << e.what();
+        continue;
+      }
       ASSERT_TRUE(a.allFinite()) << "norm " << norm;
       for (index_t c = 0; c < 4; ++c) {
         EXPECT_GE(a.col(c).minCoeff(), v.col(c).minCoeff() - 1e-5F);

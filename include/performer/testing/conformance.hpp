@@ -43,6 +43,7 @@
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -223,7 +224,18 @@ TYPED_TEST_P(attention_conformance, CausalPrefixInvariance) {
         k2.row(j) = future;
         if (TestFixture::traits::shared_qk) q2.row(j) = future;
         v2.row(j).setConstant(T(1000));
-        const auto changed = run(a, q2, TestFixture::keys(q2, k2), v2, causal);
+        row_matrix<T> changed;
+        try {
+          changed = run(a, q2, TestFixture::keys(q2, k2), v2, causal);
+        } catch (const invalid_argument& e) {
+          // A token 50 times the others' norm can take a mechanism beyond T's range (FAVOR in
+          // float: whether its feature products underflow depends on the platform's exp). The
+          // documented overflow error is then the answer, and there is no result to compare;
+          // the same check runs wherever the call returns.
+          const std::string what = e.what();
+          EXPECT_NE(what.find("overflow"), std::string::npos) << what;
+          continue;
+        }
         if (j == 0) {  // no earlier output: only finiteness to check
           EXPECT_TRUE(changed.allFinite());
           continue;

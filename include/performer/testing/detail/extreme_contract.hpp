@@ -163,6 +163,15 @@ inline bool mentions_overflow(const std::string& message) {
          message.find("underflow") != std::string::npos;
 }
 
+/// FAVOR's documented refusal when, in T, every product phi(q).phi(k) a query's normaliser sums
+/// underflows to zero. At query and key norms where the features span more than T's exponent
+/// range, whether that happens depends on the platform's exp: Eigen's SSE and AVX2 exp return
+/// subnormal results down to about e^-103 in float, its AVX-512 exp flushes them to zero below
+/// e^-87.3, so one input can be finite on one host and refused on the other.
+inline bool mentions_vanished_normaliser(const std::string& message) {
+  return message.find("normaliser vanished") != std::string::npos;
+}
+
 /// PERFORMER_EXTREME_VERBOSE=1 prints, per labelled run, whether it returned or threw, how many
 /// rows were compared against the reference and the largest error as a fraction of its bound.
 inline bool verbose() {
