@@ -13,6 +13,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace core_bad_input_test {
 namespace {
 
 using conformance::random_matrix;
@@ -127,4 +129,5 @@ TEST(CoreBadInput, Attend_LogitOverflow) {
 }
 
 }  // namespace
+}  // namespace core_bad_input_test
 }  // namespace performer::test

@@ -6,6 +6,8 @@
 
 #include "window_attention.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace core_concepts_test {
 namespace {
 
 using performer::attention_mask;
@@ -70,3 +72,4 @@ static_assert(!performer::is_key_permutation_invariant<no_causal_flag>);
 TEST(Concepts, StaticAssertionsAboveCompiled) { SUCCEED(); }
 
 }  // namespace
+}  // namespace core_concepts_test

@@ -10,6 +10,8 @@
 #include <performer/core/detail/online_softmax.hpp>
 #include <performer/random/detail/generator.hpp>
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace core_online_softmax_test {
 namespace {
 
 using performer::detail::raise_running_max;
@@ -77,3 +79,4 @@ TEST(OnlineSoftmax, PiecewiseSumsEqualOnePass) {
 }
 
 }  // namespace
+}  // namespace core_online_softmax_test

@@ -8,6 +8,8 @@
 #include <performer/core/validate.hpp>
 #include <performer/core/types.hpp>
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace core_validate_test {
 namespace {
 
 template <class T>
@@ -40,3 +42,4 @@ TEST(Validate, AllFiniteFindsEveryNonFiniteEntry) {
 }
 
 }  // namespace
+}  // namespace core_validate_test

@@ -17,6 +17,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_bad_input_test {
 namespace {
 
 constexpr index_t d = 4;
@@ -178,6 +180,8 @@ TEST(FavorBadInput, TrigonometricForward_ZeroNormaliser) {
 }
 
 }  // namespace
+}  // namespace favor_bad_input_test
+using namespace favor_bad_input_test;  // for what follows
 }  // namespace performer::test
 
 namespace performer::conformance {

@@ -14,6 +14,8 @@
 #include "favor/makers.hpp"
 
 namespace performer::conformance::extreme {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_decoder_extreme_values_test {
 namespace {
 
 // The FAVOR suite's chunked layout (favor/extreme_values_test.cpp): M = 32 projections.
@@ -191,4 +193,5 @@ TEST(ExtremeValuesDecoder, KeyWhoseSquaredNormOverflowsFloatGetsWeightZero) {
 }
 
 }  // namespace
+}  // namespace favor_decoder_extreme_values_test
 }  // namespace performer::conformance::extreme

@@ -10,6 +10,8 @@
 #include <performer/random/sampler.hpp>
 #include <performer/testing/conformance.hpp>
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_example_feature_map_test {
 namespace {
 
 using performer::index_t;
@@ -51,6 +53,8 @@ struct softplus_maker {
 using softplus_makers = ::testing::Types<softplus_maker<float>, softplus_maker<double>>;
 
 }  // namespace
+}  // namespace favor_example_feature_map_test
+using namespace favor_example_feature_map_test;  // for what follows
 
 namespace performer::conformance {
 INSTANTIATE_TYPED_TEST_SUITE_P(example_map, attention_conformance, softplus_makers);

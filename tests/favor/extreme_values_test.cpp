@@ -8,6 +8,8 @@
 #include "favor/makers.hpp"
 
 namespace performer::conformance {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_extreme_values_test {
 namespace {
 
 /// M = 32 projections, one feature block (a second query block would open an OpenMP region per
@@ -23,6 +25,8 @@ struct signed_chunked_maker : chunked_maker<A> {
 };
 
 }  // namespace
+}  // namespace favor_extreme_values_test
+using namespace favor_extreme_values_test;  // for what follows
 
 using extreme_favor_makers = join_types<
     test::favor_makers,

@@ -26,6 +26,8 @@
 
 #include "favor/makers.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_favor_attention_test {
 namespace {
 
 using performer::attention_mask;
@@ -200,7 +202,9 @@ TEST(FavorAttention, RejectsBadConfigurationAndInput) {
 }
 
 }  // namespace
+}  // namespace favor_favor_attention_test
 
+namespace favor_favor_attention_test {
 namespace {
 
 // Segments change only the order of the sums: a split and an unsplit pass agree to rounding,
@@ -248,3 +252,4 @@ TEST(FavorAttention, PeakMemoryIsBoundedAtSixtyFiveThousandTokens) {
 }
 
 }  // namespace
+}  // namespace favor_favor_attention_test

@@ -10,6 +10,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_favor_decoder_bad_input_test {
 namespace {
 
 using conformance::random_matrix;
@@ -218,4 +220,5 @@ TEST(FavorDecoderBadInput, DecoderPrime_FirstKeyNormOverflow) {
 }
 
 }  // namespace
+}  // namespace favor_favor_decoder_bad_input_test
 }  // namespace performer::test

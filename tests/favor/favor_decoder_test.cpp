@@ -17,6 +17,8 @@
 
 #include "favor/makers.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_favor_decoder_test {
 namespace {
 
 using performer::attention_mask;
@@ -118,3 +120,4 @@ TEST(FavorDecoder, StreamAllocatesNothingAfterConstruction) {
 }
 
 }  // namespace
+}  // namespace favor_favor_decoder_test

@@ -18,6 +18,8 @@
 
 #include "favor/makers.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_favor_plus_plus_test {
 namespace {
 
 using performer::attention_mask;
@@ -168,3 +170,4 @@ TEST(FavorPlusPlus, RowsNearTheScalarsRangeGiveTheLowerLimitNotNaN) {
 }
 
 }  // namespace
+}  // namespace favor_favor_plus_plus_test

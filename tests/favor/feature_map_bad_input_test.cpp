@@ -20,6 +20,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_feature_map_bad_input_test {
 namespace {
 
 using conformance::random_matrix;
@@ -268,4 +270,5 @@ TEST(FeatureMapBadInput, FavorPlusPlusOptimalA_PaddedRows) {
 }
 
 }  // namespace
+}  // namespace favor_feature_map_bad_input_test
 }  // namespace performer::test

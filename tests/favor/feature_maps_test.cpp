@@ -15,6 +15,8 @@
 #include <performer/favor/features/trigonometric_features.hpp>
 #include <performer/random/sampler.hpp>
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_feature_maps_test {
 namespace {
 
 using performer::elu_features;
@@ -210,3 +212,4 @@ TEST(FeatureMaps, FavorPlusPlusRejectsBadParameters) {
 }
 
 }  // namespace
+}  // namespace favor_feature_maps_test

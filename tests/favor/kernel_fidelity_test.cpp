@@ -39,6 +39,8 @@
 #include <performer/favor/features/relu_features.hpp>
 #include <performer/favor/features/trigonometric_features.hpp>
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_kernel_fidelity_test {
 namespace {
 
 using performer::elu_features;
@@ -334,3 +336,4 @@ TEST(KernelFidelity, OrthogonalFeaturesAreUnbiasedWithLowerErrorThanIid) {
 // Each map against its defining formula (docs/algorithms.md §3.1-3.6), feature by feature.
 
 }  // namespace
+}  // namespace favor_kernel_fidelity_test

@@ -32,6 +32,8 @@
 
 #include "favor/makers.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_long_sequence_test {
 namespace {
 
 using performer::index_t;
@@ -119,3 +121,4 @@ TEST(LongSequence, DecoderFloatAccumulationOverAMillionTokens) {
 }
 
 }  // namespace
+}  // namespace favor_long_sequence_test

@@ -12,6 +12,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace lsh_angular_hash_bad_input_test {
 namespace {
 
 using conformance::random_matrix;
@@ -172,4 +174,5 @@ TEST(LshBadInput, SignProjectionHash_BucketsNotAPowerOfTwo) {
 }
 
 }  // namespace
+}  // namespace lsh_angular_hash_bad_input_test
 }  // namespace performer::test

@@ -17,6 +17,8 @@
 
 #include "lsh/makers.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace lsh_angular_hash_test {
 namespace {
 
 using performer::angular_hash;
@@ -194,3 +196,4 @@ TEST(AngularHash, ACallRejectedForItsBucketCountLeavesTheWorkspaceUsable) {
 }
 
 }  // namespace
+}  // namespace lsh_angular_hash_test

@@ -12,6 +12,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace lsh_bad_input_test {
 namespace {
 
 using conformance::random_matrix;
@@ -203,6 +205,8 @@ TEST(LshBadInput, LshBuckets_Empty) {
 }
 
 }  // namespace
+}  // namespace lsh_bad_input_test
+using namespace lsh_bad_input_test;  // for what follows
 }  // namespace performer::test
 
 namespace performer::conformance {

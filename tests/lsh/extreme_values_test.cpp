@@ -7,6 +7,8 @@
 #include "lsh/makers.hpp"
 
 namespace performer::conformance {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace lsh_extreme_values_test {
 namespace {
 
 /// Two buckets, two rounds and one chunk of all the suite's 32 keys: with one bucket every
@@ -33,6 +35,8 @@ struct seeded_maker : test::lsh_maker_base<lsh_attention<T>> {
 };
 
 }  // namespace
+}  // namespace lsh_extreme_values_test
+using namespace lsh_extreme_values_test;  // for what follows
 
 // The shared-QK reference applies the documented rule: logit (i, i) := -|logit (i, i)| - 1e5.
 // With trax's plain "lowered by 1e5" (the rule before these tests found the problem) a token at

@@ -25,6 +25,8 @@
 #include "lsh/brute_force.hpp"
 #include "lsh/makers.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace lsh_lsh_attention_test {
 namespace {
 
 using performer::attention_mask;
@@ -307,3 +309,4 @@ TEST(LshAttention, RejectsBadInput) {
 }
 
 }  // namespace
+}  // namespace lsh_lsh_attention_test

@@ -18,6 +18,8 @@
 #include "lsh/brute_force.hpp"
 #include "lsh/makers.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace lsh_lsh_quality_test {
 namespace {
 
 using performer::attention_mask;
@@ -213,3 +215,4 @@ TEST(LshAttention, RunsInTheSharedBlockBesideExactAndFavor) {
 }
 
 }  // namespace
+}  // namespace lsh_lsh_quality_test

@@ -16,6 +16,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace nn_bad_input_test {
 namespace {
 
 using conformance::random_matrix;
@@ -250,4 +252,5 @@ TEST(NnBadInput, BlockSetParameters_NonFinite) {
 }
 
 }  // namespace
+}  // namespace nn_bad_input_test
 }  // namespace performer::test

@@ -24,6 +24,8 @@
 #include "nn/instantiations.hpp"
 
 namespace performer::conformance::extreme {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace nn_extreme_values_test {
 namespace {
 
 /// One bucket (zero rotations: every projection is 0, a tie, so every vector goes to bucket 0)
@@ -335,4 +337,5 @@ TEST(ExtremeValuesStack, FloatMatchesDouble) {
 }
 
 }  // namespace
+}  // namespace nn_extreme_values_test
 }  // namespace performer::conformance::extreme

@@ -18,6 +18,8 @@
 
 #include "window_attention.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace nn_transformer_block_test {
 namespace {
 
 using performer::block_config;
@@ -246,3 +248,4 @@ TEST(TransformerBlock, PeakMemoryIsLinearInN) {
 }
 
 }  // namespace
+}  // namespace nn_transformer_block_test

@@ -15,6 +15,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace nn_transformer_stack_bad_input_test {
 namespace {
 
 using conformance::random_matrix;
@@ -219,4 +221,5 @@ TEST(NnBadInput, StackForward_FinalNormParametersOverflow) {
 }
 
 }  // namespace
+}  // namespace nn_transformer_stack_bad_input_test
 }  // namespace performer::test

@@ -17,6 +17,8 @@
 
 #include "nn/instantiations.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace nn_transformer_stack_test {
 namespace {
 
 using performer::block_config;
@@ -127,3 +129,4 @@ TEST(TransformerStack, LayersWeightsAndMechanismsComeFromOneSeedTree) {
 }
 
 }  // namespace
+}  // namespace nn_transformer_stack_test

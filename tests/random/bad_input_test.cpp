@@ -12,6 +12,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace random_bad_input_test {
 namespace {
 
 constexpr index_t d = 4;
@@ -95,4 +97,5 @@ TEST(RandomBadInput, Samplers_NonPositiveSizes) {
 }
 
 }  // namespace
+}  // namespace random_bad_input_test
 }  // namespace performer::test

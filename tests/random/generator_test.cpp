@@ -13,6 +13,8 @@
 
 #include <performer/random/detail/generator.hpp>
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace random_generator_test {
 namespace {
 
 using performer::detail::derive_seed;
@@ -314,3 +316,4 @@ TEST(RandomDeterminism, DerivedSeedsGiveDistinctUncorrelatedStreams) {
 }
 
 }  // namespace
+}  // namespace random_generator_test

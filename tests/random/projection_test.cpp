@@ -14,6 +14,8 @@
 #include <performer/random/projection.hpp>
 #include <performer/testing/helpers.hpp>
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace random_projection_test {
 namespace {
 
 using performer::gaussian_sampler;
@@ -143,3 +145,4 @@ TEST(RandomProjection, ZeroOrNegativeSizesThrow) {
 
 
 }  // namespace
+}  // namespace random_projection_test

@@ -17,6 +17,8 @@
 #include <performer/random/projection.hpp>
 #include <performer/testing/helpers.hpp>
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace random_sampler_test {
 namespace {
 
 using performer::gaussian_sampler;
@@ -289,3 +291,4 @@ TEST(AntitheticSampler, RowsComeInOppositePairsAndEstimateTheKernelWithoutBias) 
 }
 
 }  // namespace
+}  // namespace random_sampler_test

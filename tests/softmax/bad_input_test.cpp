@@ -12,6 +12,8 @@
 #include "support/bad_input_cells.hpp"
 
 namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace softmax_bad_input_test {
 namespace {
 
 /// The makers with what the suite needs to know of exact attention: the function its messages
@@ -43,6 +45,8 @@ TEST(SoftmaxBadInput, TiledCtor_NonPositiveTiles) {
 }
 
 }  // namespace
+}  // namespace softmax_bad_input_test
+using namespace softmax_bad_input_test;  // for what follows
 }  // namespace performer::test
 
 namespace performer::conformance {

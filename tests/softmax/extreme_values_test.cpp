@@ -15,6 +15,8 @@ using extreme_softmax_makers =
                                                       test::tiled_maker<double, 7, 11>>>::type;
 INSTANTIATE_TYPED_TEST_SUITE_P(softmax, attention_extreme_values, extreme_softmax_makers);
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace softmax_extreme_values_test {
 namespace {
 
 /// tests/fuzz/crashes/{softmax,tiled}-float-logit-overflow-gives-zero-row and the two variants
@@ -76,4 +78,5 @@ TEST(ExtremeValuesExact, FuzzerLogitOverflowReproducers) {
 }
 
 }  // namespace
+}  // namespace softmax_extreme_values_test
 }  // namespace performer::conformance

@@ -16,6 +16,8 @@
 
 #include "softmax/makers.hpp"
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace softmax_softmax_attention_test {
 namespace {
 
 using performer::attention_mask;
@@ -178,3 +180,4 @@ TEST(ExactAttention, AttendAcceptsColumnMajorExpressions) {
 }
 
 }  // namespace
+}  // namespace softmax_softmax_attention_test

@@ -17,6 +17,8 @@
 #include "window_attention.hpp"
 
 namespace performer::conformance {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace testing_bad_input_test {
 namespace {
 
 void throws_invalid(const char* message) { throw invalid_argument(message); }
@@ -123,4 +125,5 @@ using user_makers = ::testing::Types<window_maker<float>, window_maker<double>>;
 INSTANTIATE_TYPED_TEST_SUITE_P(user, attention_bad_input, user_makers);
 
 }  // namespace
+}  // namespace testing_bad_input_test
 }  // namespace performer::conformance

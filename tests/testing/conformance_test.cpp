@@ -8,6 +8,8 @@
 #include "window_attention.hpp"
 
 namespace performer::conformance {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace testing_conformance_test {
 namespace {
 
 template <class T>
@@ -56,4 +58,5 @@ TEST(ConformanceSuite, LogitCheckRejectsUniformAttention) {
 }
 
 }  // namespace
+}  // namespace testing_conformance_test
 }  // namespace performer::conformance

@@ -6,6 +6,8 @@
 #include "window_attention.hpp"
 
 namespace performer::conformance {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace testing_extreme_values_test {
 namespace {
 
 template <class T>
@@ -16,6 +18,8 @@ struct window_extreme_maker {
 };
 
 }  // namespace
+}  // namespace testing_extreme_values_test
+using namespace testing_extreme_values_test;  // for what follows
 
 using window_extreme_makers =
     ::testing::Types<window_extreme_maker<float>, window_extreme_maker<double>>;

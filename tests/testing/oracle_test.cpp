@@ -13,6 +13,8 @@
 #include <performer/testing/oracle.hpp>
 #include <performer/testing/registry.hpp>
 
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace testing_oracle_test {
 namespace {
 
 using performer::attention_mask;
@@ -90,3 +92,4 @@ TEST(Registry, EveryEntryModelsTheConceptInFloatAndDouble) {
 }
 
 }  // namespace
+}  // namespace testing_oracle_test
