@@ -39,7 +39,8 @@
 #include "lsh/hash_family.hpp"
 #include "lsh/lsh_attention.hpp"
 #include "lsh/lsh_options.hpp"
-// Transformer layers, block and stack.
+// Transformer layers, block and stack; any mechanism over a batch of multi-head sequences.
+#include "nn/batched_attention.hpp"
 #include "nn/layers.hpp"
 #include "nn/transformer_block.hpp"
 #include "nn/transformer_stack.hpp"
