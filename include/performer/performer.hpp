@@ -42,6 +42,7 @@
 // Transformer layers, block and stack; any mechanism over a batch of multi-head sequences.
 #include "nn/batched_attention.hpp"
 #include "nn/layers.hpp"
+#include "nn/rotary_embedding.hpp"
 #include "nn/transformer_block.hpp"
 #include "nn/transformer_stack.hpp"
 #include "version.hpp"

@@ -49,6 +49,15 @@ TEST(NnBadInput, BlockCtor_HeadsNotDividing) {
   });
 }
 
+TEST(NnBadInput, BlockCtor_RotaryOddHeadWidthOrBadBase) {
+  for_float_and_double([]<class T>() {
+    PERFORMER_EXPECT_INVALID(ctor, "rotary embedding needs an even head width (d_model / heads = 3)",
+                             block_of<T>({.d_model = 6, .heads = 2, .rotary = true}, {}));
+    PERFORMER_EXPECT_INVALID(ctor, "rotary_base must be finite and greater than 1 (got 0.5)",
+                             block_of<T>({.d_model = 8, .heads = 2, .rotary = true, .rotary_base = 0.5}, {}));
+  });
+}
+
 TEST(NnBadInput, BlockCtor_NegativeDff) {
   for_float_and_double([]<class T>() {
     PERFORMER_EXPECT_INVALID(ctor, "d_ff must be >= 0 (got -1)",

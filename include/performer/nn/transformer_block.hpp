@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <utility>
 
@@ -16,6 +17,7 @@
 #include "../core/validate.hpp"
 #include "../random/detail/generator.hpp"
 #include "layers.hpp"
+#include "rotary_embedding.hpp"
 
 namespace performer {
 
@@ -28,6 +30,11 @@ struct block_config {
   norm_placement norm = norm_placement::pre;
   activation ffn_activation = activation::gelu;
   double layer_norm_eps = 1e-5;
+  /// Rotary position embedding of q and k, after their projections and before the mechanism
+  /// (as ESM-2 does); the head width must then be even.
+  bool rotary = false;
+  double rotary_base = 10000.0;  ///< RoPE's frequency base
+  rotary_pairing rotary_pairs = rotary_pairing::half;
 };
 
 /**
@@ -52,6 +59,9 @@ struct block_parameters {
  * Pre-LN: y = x + MHA(LN1(x)); y = y + FFN(LN2(y)). Post-LN: y = LN1(x + MHA(x));
  * y = LN2(y + FFN(y)). Heads are zero-copy column slices of the projected Q, K, V; every head
  * uses the same mechanism object (for FAVOR+: the same random features, as in the Performer).
+ *
+ * With `rotary`, q and k are rotated by their positions (rotary_embedding) before the mechanism
+ * sees them.
  *
  * Complexity for N tokens, width D, F = d_ff, h heads: time O(N D^2 + N D F) for the
  * projections plus h times the mechanism's cost at head width D/h; workspace O(N D) plus the
@@ -81,10 +91,14 @@ class transformer_block {
    * @param seed initialises the parameters deterministically (Xavier-uniform weights, zero
    * biases, unit LayerNorm gains): the same seed gives the same bits on every platform.
    * @throws performer::invalid_argument if d_model or heads is not positive, heads does not
-   * divide d_model, d_ff is negative, or layer_norm_eps is not positive and finite.
+   * divide d_model, d_ff is negative, layer_norm_eps is not positive and finite, or, with
+   * rotary, the head width is odd or rotary_base is not finite and greater than 1.
    */
   transformer_block(const block_config& config, Attention attention, std::uint64_t seed = 0)
       : config_(validated(config)), attention_(std::move(attention)) {
+    if (config_.rotary) {
+      rope_.emplace(config_.d_model / config_.heads, config_.rotary_base, config_.rotary_pairs);
+    }
     using T = scalar_type;
     const index_t d = config_.d_model;
     const index_t f = config_.d_ff;
@@ -207,6 +221,12 @@ class transformer_block {
     PERFORMER_PRECONDITION(std::isfinite(c.layer_norm_eps) && c.layer_norm_eps > 0, who,
                            ": layer_norm_eps must be positive and finite (got ",
                            c.layer_norm_eps, ")");
+    PERFORMER_PRECONDITION(!c.rotary || (c.d_model / c.heads) % 2 == 0, who,
+                           ": rotary embedding needs an even head width (d_model / heads = ",
+                           c.d_model / c.heads, ")");
+    PERFORMER_PRECONDITION(!c.rotary || (std::isfinite(c.rotary_base) && c.rotary_base > 1.0), who,
+                           ": rotary_base must be finite and greater than 1 (got ", c.rotary_base,
+                           ")");
     if (c.d_ff == 0) c.d_ff = 4 * c.d_model;
     return c;
   }
@@ -227,6 +247,10 @@ class transformer_block {
     ws.k.rowwise() += params_.b_k;
     ws.v.noalias() = h * params_.w_v;
     ws.v.rowwise() += params_.b_v;
+    if (rope_) {
+      rope_->apply(ws.q);
+      rope_->apply(ws.k);
+    }
     const attention_mask mask{config_.causal, key_mask};
     for (index_t head = 0; head < config_.heads; ++head) {
       const index_t c0 = head * dh;
@@ -266,6 +290,7 @@ class transformer_block {
 
   block_config config_;
   Attention attention_;
+  std::optional<rotary_embedding<scalar_type>> rope_;
   parameters_type params_;
 };
 

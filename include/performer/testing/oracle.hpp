@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <complex>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -131,6 +132,34 @@ row_matrix<double> layer_norm(const MX& x, const MG& gain, const MB& bias, doubl
       out(i, c) = static_cast<double>((static_cast<ld>(x(i, c)) - mean) * inv_std *
                                           static_cast<ld>(gain(c)) +
                                       static_cast<ld>(bias(c)));
+    }
+  }
+  return out;
+}
+
+/**
+ * @brief Rotary position embedding written as complex multiplication: in each head of width d,
+ * the channel pair i (channels i and i + d/2, or 2i and 2i + 1 when `interleaved`) is the complex
+ * number a + ib, multiplied by e^(i p theta_i), theta_i = base^(-2i/d), p = first_position + row.
+ * Angles and products in long double. O(N H d).
+ */
+template <class MX>
+row_matrix<double> rotary(const MX& x, index_t head_dim, double base, bool interleaved,
+                          index_t first_position = 0) {
+  using ld = long double;
+  row_matrix<double> out(x.rows(), x.cols());
+  const index_t half = head_dim / 2;
+  for (index_t r = 0; r < x.rows(); ++r) {
+    for (index_t h = 0; h < x.cols() / head_dim; ++h) {
+      for (index_t i = 0; i < half; ++i) {
+        const index_t a = h * head_dim + (interleaved ? 2 * i : i);
+        const index_t b = h * head_dim + (interleaved ? 2 * i + 1 : i + half);
+        const ld theta = std::pow(static_cast<ld>(base), -2.0L * static_cast<ld>(i) / static_cast<ld>(head_dim));
+        const std::complex<ld> z(static_cast<ld>(x(r, a)), static_cast<ld>(x(r, b)));
+        const std::complex<ld> w = z * std::polar(1.0L, static_cast<ld>(first_position + r) * theta);
+        out(r, a) = static_cast<double>(w.real());
+        out(r, b) = static_cast<double>(w.imag());
+      }
     }
   }
   return out;
