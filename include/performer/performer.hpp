@@ -44,5 +44,6 @@
 #include "nn/layers.hpp"
 #include "nn/rotary_embedding.hpp"
 #include "nn/transformer_block.hpp"
+#include "nn/transformer_model.hpp"
 #include "nn/transformer_stack.hpp"
 #include "version.hpp"

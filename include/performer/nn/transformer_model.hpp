@@ -1,0 +1,200 @@
+/// @file nn/transformer_model.hpp
+/// @brief A whole model over any mechanism: token embedding, optional learned absolute positions,
+/// the transformer stack with its final LayerNorm, and an output head (an encoder's or a causal
+/// language model's logits).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <type_traits>
+#include <utility>
+
+#include "../core/concepts.hpp"
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+#include "../core/validate.hpp"
+#include "../random/detail/generator.hpp"
+#include "layers.hpp"
+#include "transformer_stack.hpp"
+
+namespace performer {
+
+/// Shape of a transformer_model.
+struct model_config {
+  index_t vocab = 0;          ///< token ids are 0 .. vocab - 1
+  index_t layers = 1;         ///< transformer blocks
+  block_config block{};       ///< every block's shape and options (causal for a language model)
+  index_t max_positions = 0;  ///< learned absolute position embeddings for this many positions; 0: none
+  bool tie_output = false;    ///< output head = token embedding transposed (as ESM-2 and GPT-2)
+};
+
+/**
+ * @brief The model's own parameters (the blocks' are in stack().layer(l).parameters()). Linear
+ * maps act on row vectors, so w_out is d_model x vocab, the transpose of PyTorch's nn.Linear.
+ */
+template <real_scalar T>
+struct model_parameters {
+  row_matrix<T> token_embedding;     ///< vocab x d_model (PyTorch's nn.Embedding.weight)
+  row_matrix<T> position_embedding;  ///< max_positions x d_model; 0 x d_model without positions
+  row_matrix<T> w_out;               ///< d_model x vocab; 0 x 0 when the head is tied
+  row_vector<T> b_out;               ///< 1 x vocab
+};
+
+/**
+ * @brief Token ids in, final hidden states (embed) or logits (forward) out:
+ * h_0 = E[tokens] + P[0 .. N), the stack (its blocks, then its final LayerNorm in the pre-LN
+ * arrangement), logits = h W_out + b_out (W_out = E^T when tied).
+ *
+ * Seeds: the stack is built from derive_seed(seed, 0) (its layers and mechanisms as
+ * transformer_stack documents), the token embedding from derive_seed(seed, 1), the positions from
+ * derive_seed(seed, 2) and the head from derive_seed(seed, 3); Xavier-uniform entries, zero b_out.
+ *
+ * Complexity for N tokens, width D, vocabulary V: the stack's cost plus O(N D) for the embedding
+ * and O(N D V) for the head; workspace the stack's plus N x D.
+ */
+template <attention_mechanism Attention>
+class transformer_model {
+ public:
+  using stack_type = transformer_stack<Attention>;
+  using scalar_type = typename Attention::scalar_type;
+  using parameters_type = model_parameters<scalar_type>;
+
+  struct workspace_type {
+    row_matrix<scalar_type> embedded, hidden;
+    typename stack_type::workspace_type stack;
+  };
+
+  /**
+   * @param config shapes and options. @param make_attention as transformer_stack's (a callable
+   * of the layer and its mechanism seed, or of the layer alone). @param seed see the class.
+   * @throws performer::invalid_argument if vocab or layers is not positive, max_positions is
+   * negative, or as transformer_stack.
+   */
+  template <class Make>
+    requires std::is_invocable_r_v<Attention, Make&, index_t, std::uint64_t> ||
+             std::is_invocable_r_v<Attention, Make&, index_t>
+  transformer_model(const model_config& config, Make make_attention, std::uint64_t seed = 0)
+      : config_(validated(config)),
+        stack_(config.block, config.layers, std::move(make_attention), detail::derive_seed(seed, 0)) {
+    const index_t d = stack_.layer(0).config().d_model;
+    const index_t v = config_.vocab;
+    detail::xoshiro256ss tokens_rng(detail::derive_seed(seed, 1));
+    detail::fill_uniform(params_.token_embedding, v, d, tokens_rng);
+    detail::xoshiro256ss positions_rng(detail::derive_seed(seed, 2));
+    detail::fill_uniform(params_.position_embedding, config_.max_positions, d, positions_rng);
+    if (!config_.tie_output) {
+      detail::xoshiro256ss head_rng(detail::derive_seed(seed, 3));
+      detail::fill_uniform(params_.w_out, d, v, head_rng);
+    }
+    params_.b_out = row_vector<scalar_type>::Zero(v);
+  }
+
+  /// Same mechanism (copied) in every layer.
+  transformer_model(const model_config& config, const Attention& attention, std::uint64_t seed = 0)
+      : transformer_model(config, [&attention](index_t) { return attention; }, seed) {}
+
+  [[nodiscard]] const model_config& config() const noexcept { return config_; }
+  [[nodiscard]] index_t d_model() const noexcept { return stack_.layer(0).config().d_model; }
+  [[nodiscard]] const stack_type& stack() const noexcept { return stack_; }
+  /// Mutable access, e.g. to load each layer's trained parameters.
+  [[nodiscard]] stack_type& stack() noexcept { return stack_; }
+  [[nodiscard]] const parameters_type& parameters() const noexcept { return params_; }
+
+  /**
+   * @brief Replaces the model's own parameters.
+   * @throws performer::invalid_argument naming the first parameter whose shape differs from the
+   * config (w_out must be 0 x 0 when tied) or which holds a non-finite value; nothing changes.
+   */
+  void set_parameters(parameters_type p) {
+    const index_t d = d_model();
+    const index_t v = config_.vocab;
+    const index_t out_rows = config_.tie_output ? 0 : d;
+    const index_t out_cols = config_.tie_output ? 0 : v;
+    const auto check = [](const char* name, const auto& m, index_t rows, index_t cols) {
+      PERFORMER_PRECONDITION(m.rows() == rows && m.cols() == cols,
+                             "transformer_model::set_parameters: ", name, " is ", m.rows(), "x",
+                             m.cols(), ", expected ", rows, "x", cols);
+      require_finite("transformer_model::set_parameters", name, m);
+    };
+    check("token_embedding", p.token_embedding, v, d);
+    check("position_embedding", p.position_embedding, config_.max_positions, d);
+    check("w_out", p.w_out, out_rows, out_cols);
+    check("b_out", p.b_out, 1, v);
+    params_ = std::move(p);
+  }
+
+  /**
+   * @brief hidden = the final hidden states (N x d_model) of the token sequence.
+   * @param key_mask empty, or one entry per token (0 = padding), as the stack's.
+   * @throws performer::invalid_argument on an empty sequence, a token outside [0, vocab), more
+   * tokens than max_positions (when positions are learned), hidden not N x d_model, or what the
+   * stack throws.
+   */
+  void embed(std::span<const std::int64_t> tokens, matrix_ref<scalar_type> hidden,
+             std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    constexpr const char* who = "transformer_model::embed";
+    const auto n = static_cast<index_t>(tokens.size());
+    const index_t d = d_model();
+    PERFORMER_PRECONDITION(n > 0, who, ": no tokens");
+    PERFORMER_PRECONDITION(config_.max_positions == 0 || n <= config_.max_positions, who, ": ", n,
+                           " tokens but the model has positions for ", config_.max_positions);
+    PERFORMER_PRECONDITION(hidden.rows() == n && hidden.cols() == d, who, ": hidden is ",
+                           detail::shape(hidden), ", expected ", n, "x", d);
+    ws.embedded.resize(n, d);
+    for (index_t i = 0; i < n; ++i) {
+      const std::int64_t t = tokens[static_cast<std::size_t>(i)];
+      PERFORMER_PRECONDITION(t >= 0 && t < config_.vocab, who, ": token ", i, " is ", t,
+                             ", outside [0, ", config_.vocab, ")");
+      ws.embedded.row(i) = params_.token_embedding.row(static_cast<index_t>(t));
+      if (config_.max_positions > 0) ws.embedded.row(i) += params_.position_embedding.row(i);
+    }
+    stack_.forward(ws.embedded, hidden, key_mask, ws.stack);
+  }
+
+  /**
+   * @brief logits (N x vocab) of the token sequence: embed(), then the output head.
+   * @throws performer::invalid_argument as embed(), if logits is not N x vocab, or if the logits
+   * overflow the scalar type.
+   */
+  void forward(std::span<const std::int64_t> tokens, matrix_ref<scalar_type> logits,
+               std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    constexpr const char* who = "transformer_model::forward";
+    const auto n = static_cast<index_t>(tokens.size());
+    PERFORMER_PRECONDITION(logits.rows() == n && logits.cols() == config_.vocab, who,
+                           ": logits is ", detail::shape(logits), ", expected ", n, "x",
+                           config_.vocab);
+    ws.hidden.resize(n, d_model());
+    embed(tokens, ws.hidden, key_mask, ws);
+    if (config_.tie_output) {
+      logits.noalias() = ws.hidden * params_.token_embedding.transpose();
+    } else {
+      logits.noalias() = ws.hidden * params_.w_out;
+    }
+    logits.rowwise() += params_.b_out;
+    require_finite_result(who, logits);
+  }
+
+  /// Convenience overload: the logits, with a workspace of its own.
+  [[nodiscard]] row_matrix<scalar_type> forward(std::span<const std::int64_t> tokens,
+                                                std::span<const std::uint8_t> key_mask = {}) const {
+    row_matrix<scalar_type> logits(static_cast<index_t>(tokens.size()), config_.vocab);
+    workspace_type ws;
+    forward(tokens, logits, key_mask, ws);
+    return logits;
+  }
+
+ private:
+  static model_config validated(const model_config& c) {
+    constexpr const char* who = "transformer_model";
+    PERFORMER_PRECONDITION(c.vocab > 0, who, ": vocab must be positive (got ", c.vocab, ")");
+    PERFORMER_PRECONDITION(c.max_positions >= 0, who, ": max_positions must be >= 0 (got ",
+                           c.max_positions, ")");
+    return c;  // layers and the block config: checked by transformer_stack
+  }
+
+  model_config config_;
+  stack_type stack_;
+  parameters_type params_;
+};
+
+}  // namespace performer
