@@ -101,6 +101,20 @@ void check_attention_args(std::string_view who, const const_matrix_ref<T>& q,
   require_finite(who, "v", v);
 }
 
+namespace detail {
+
+/// A parameter setter's check: throws performer::invalid_argument unless `m` is rows x cols
+/// ("<who>: <name> is 8x9, expected 8x8") and finite.
+template <class M>
+void require_parameter(std::string_view who, std::string_view name, const M& m, index_t rows,
+                       index_t cols) {
+  PERFORMER_PRECONDITION(m.rows() == rows && m.cols() == cols, who, ": ", name, " is ", m.rows(),
+                         "x", m.cols(), ", expected ", rows, "x", cols);
+  require_finite(who, name, m);
+}
+
+}  // namespace detail
+
 /// Throws performer::invalid_argument if a result is not finite. Cheap insurance that no NaN
 /// ever leaves the library.
 template <class M>

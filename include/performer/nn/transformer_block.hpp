@@ -132,10 +132,7 @@ class transformer_block {
     const index_t d = config_.d_model;
     const index_t f = config_.d_ff;
     const auto check = [](const char* name, const auto& m, index_t rows, index_t cols) {
-      PERFORMER_PRECONDITION(m.rows() == rows && m.cols() == cols,
-                             "transformer_block::set_parameters: ", name, " is ", m.rows(), "x",
-                             m.cols(), ", expected ", rows, "x", cols);
-      require_finite("transformer_block::set_parameters", name, m);
+      detail::require_parameter("transformer_block::set_parameters", name, m, rows, cols);
     };
     check("w_q", p.w_q, d, d);
     check("w_k", p.w_k, d, d);

@@ -111,10 +111,7 @@ class transformer_model {
     const index_t out_rows = config_.tie_output ? 0 : d;
     const index_t out_cols = config_.tie_output ? 0 : v;
     const auto check = [](const char* name, const auto& m, index_t rows, index_t cols) {
-      PERFORMER_PRECONDITION(m.rows() == rows && m.cols() == cols,
-                             "transformer_model::set_parameters: ", name, " is ", m.rows(), "x",
-                             m.cols(), ", expected ", rows, "x", cols);
-      require_finite("transformer_model::set_parameters", name, m);
+      detail::require_parameter("transformer_model::set_parameters", name, m, rows, cols);
     };
     check("token_embedding", p.token_embedding, v, d);
     check("position_embedding", p.position_embedding, config_.max_positions, d);
