@@ -16,6 +16,7 @@
 #include "../core/types.hpp"
 #include "../core/validate.hpp"
 #include "../random/detail/generator.hpp"
+#include "batched_attention.hpp"
 #include "layers.hpp"
 #include "rotary_embedding.hpp"
 
@@ -83,6 +84,7 @@ class transformer_block {
   struct workspace_type {
     row_matrix<scalar_type> normed, q, k, v, context, hidden;
     typename Attention::workspace_type attention;
+    batched_workspace<Attention> batch;  ///< forward_batch's
   };
 
   /**
@@ -163,7 +165,6 @@ class transformer_block {
    */
   void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
                std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
-    using T = scalar_type;
     constexpr const char* who = "transformer_block::forward";
     const index_t n = x.rows();
     const index_t d = config_.d_model;
@@ -177,23 +178,74 @@ class transformer_block {
                            " (one per token) or none");
     PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
     require_finite(who, "x", x);
-
-    const T eps = static_cast<T>(config_.layer_norm_eps);
-    const bool pre = config_.norm == norm_placement::pre;
-    ws.normed.resize(n, d);
-    if (pre) detail::layer_norm(x, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
-    attend(pre ? const_matrix_ref<T>(ws.normed) : x, key_mask, ws);
-
-    // Residual around attention: y = x + context W_o + b_o.
-    y.noalias() = ws.context * params_.w_o;
-    y.rowwise() += params_.b_o;
-    y += x;
-    if (!pre) {
-      detail::layer_norm(y, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
-      y = ws.normed;
-    }
-    feed_forward(y, ws);
+    sublayers(x, y, ws, [&] {
+      if (rope_) {
+        rope_->apply(ws.q);
+        rope_->apply(ws.k);
+      }
+      const attention_mask mask{config_.causal, key_mask};
+      const index_t dh = d / config_.heads;
+      for (index_t head = 0; head < config_.heads; ++head) {
+        const index_t c0 = head * dh;
+        attention_.forward(ws.q.middleCols(c0, dh), ws.k.middleCols(c0, dh),
+                           ws.v.middleCols(c0, dh), ws.context.middleCols(c0, dh), mask,
+                           ws.attention);
+      }
+    });
     require_finite_result(who, y);
+  }
+
+  /**
+   * @brief y = block(x) for a batch of B sequences of N tokens, x holding sequence b's tokens in
+   * rows b N .. b N + N - 1 (PyTorch's [B, N, d_model], contiguous). The projections and the
+   * feed-forward run as single products over all B N rows; attention runs through
+   * batched_attention, in parallel over sequences and heads.
+   * @param lengths empty, or B entries in [0, N]: sequence b's rows from lengths[b] on are
+   * padding, never read into a real token's result (they may hold anything, NaN included); its
+   * output rows are zero. Each real result equals forward() on the unpadded sequence, up to the
+   * rounding of the larger products.
+   * @throws performer::invalid_argument on batch <= 0, x's rows not a positive multiple of batch,
+   * a width other than d_model, y not x's shape or overlapping it, bad lengths, non-finite real
+   * tokens, or what batched_attention throws.
+   */
+  void forward_batch(const const_matrix_ref<scalar_type>& x, index_t batch,
+                     matrix_ref<scalar_type> y, std::span<const index_t> lengths,
+                     workspace_type& ws) const {
+    constexpr const char* who = "transformer_block::forward_batch";
+    const index_t d = config_.d_model;
+    PERFORMER_PRECONDITION(batch > 0 && x.rows() > 0 && x.rows() % batch == 0, who, ": x is ",
+                           detail::shape(x), ", not a positive multiple of ", batch,
+                           " sequences of equal length");
+    const index_t n = x.rows() / batch;
+    PERFORMER_PRECONDITION(x.cols() == d, who, ": x is ", detail::shape(x), " but d_model is ", d);
+    PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == d, who, ": y is ",
+                           detail::shape(y), ", expected ", x.rows(), "x", d);
+    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
+    detail::check_lengths(who, "lengths", lengths, batch, n);
+    const auto length = [&](index_t b) {
+      return lengths.empty() ? n : lengths[static_cast<std::size_t>(b)];
+    };
+    for (index_t b = 0; b < batch; ++b) require_finite(who, "x", x.middleRows(b * n, length(b)));
+    sublayers(x, y, ws, [&] {
+      if (rope_) {
+        for (index_t b = 0; b < batch; ++b) {
+          rope_->apply(ws.q.middleRows(b * n, n));
+          rope_->apply(ws.k.middleRows(b * n, n));
+        }
+      }
+      using T = scalar_type;
+      const index_t h = config_.heads;
+      const index_t dh = d / h;
+      batched_attention(attention_, bnhd_view<const T>(ws.q.data(), batch, n, h, dh),
+                        bnhd_view<const T>(ws.k.data(), batch, n, h, dh),
+                        bnhd_view<const T>(ws.v.data(), batch, n, h, dh),
+                        bnhd_view(ws.context.data(), batch, n, h, dh),
+                        batch_mask::padded(lengths, config_.causal), ws.batch);
+    });
+    for (index_t b = 0; b < batch; ++b) {
+      y.middleRows(b * n + length(b), n - length(b)).setZero();
+      require_finite_result(who, y.middleRows(b * n, length(b)));
+    }
   }
 
   /// Convenience overload that allocates the result and a workspace.
@@ -228,12 +280,20 @@ class transformer_block {
     return c;
   }
 
-  /// Multi-head attention of `h` into ws.context (before the output projection).
-  void attend(const const_matrix_ref<scalar_type>& h, std::span<const std::uint8_t> key_mask,
-              workspace_type& ws) const {
-    const index_t n = h.rows();
+  /// The block around its attention: LayerNorm, the q/k/v projections of every row,
+  /// `attend()` (which fills ws.context from ws.q, ws.k, ws.v), the output projection, the
+  /// residuals and the feed-forward sublayer.
+  template <class Attend>
+  void sublayers(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
+                 workspace_type& ws, Attend&& attend) const {
+    using T = scalar_type;
+    const index_t n = x.rows();
     const index_t d = config_.d_model;
-    const index_t dh = d / config_.heads;
+    const T eps = static_cast<T>(config_.layer_norm_eps);
+    const bool pre = config_.norm == norm_placement::pre;
+    ws.normed.resize(n, d);
+    if (pre) detail::layer_norm(x, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
+    const const_matrix_ref<T> h = pre ? const_matrix_ref<T>(ws.normed) : x;
     ws.q.resize(n, d);
     ws.k.resize(n, d);
     ws.v.resize(n, d);
@@ -244,17 +304,16 @@ class transformer_block {
     ws.k.rowwise() += params_.b_k;
     ws.v.noalias() = h * params_.w_v;
     ws.v.rowwise() += params_.b_v;
-    if (rope_) {
-      rope_->apply(ws.q);
-      rope_->apply(ws.k);
+    attend();
+    // Residual around attention: y = x + context W_o + b_o.
+    y.noalias() = ws.context * params_.w_o;
+    y.rowwise() += params_.b_o;
+    y += x;
+    if (!pre) {
+      detail::layer_norm(y, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
+      y = ws.normed;
     }
-    const attention_mask mask{config_.causal, key_mask};
-    for (index_t head = 0; head < config_.heads; ++head) {
-      const index_t c0 = head * dh;
-      attention_.forward(ws.q.middleCols(c0, dh), ws.k.middleCols(c0, dh),
-                         ws.v.middleCols(c0, dh), ws.context.middleCols(c0, dh), mask,
-                         ws.attention);
-    }
+    feed_forward(y, ws);
   }
 
   /// y += FFN(norm(y)) in row blocks, so the N x d_ff activation never exists at once.
