@@ -134,18 +134,26 @@ favor_reference favor_estimate(const Att& att, const attention_case<T>& c) {
       if (c.visible(i, j)) shift = std::max(shift, static_cast<double>(lk(j)));
     }
     if (shift == -std::numeric_limits<double>::infinity()) continue;
-    double den = 0, abs_den = 0;
+    // Sums in long double: a double sum of a_ij v_j can overflow on the way to a result that
+    // fits (found by the fuzzer: the reference gave -inf where the library's -1.8e308 was right).
+    using ld = long double;
+    ld den = 0, abs_den = 0;
+    Eigen::Matrix<ld, 1, Eigen::Dynamic> sum = Eigen::Matrix<ld, 1, Eigen::Dynamic>::Zero(c.v.cols());
     for (index_t j = 0; j < c.k.rows(); ++j) {
       if (!c.visible(i, j)) continue;
-      const double a = std::exp(static_cast<double>(lk(j)) - shift) *
-                       pq.row(i).template cast<double>().dot(pk.row(j).template cast<double>());
+      const ld scale = std::exp(static_cast<ld>(lk(j)) - static_cast<ld>(shift));
+      const ld a = scale * static_cast<ld>(pq.row(i).template cast<double>().dot(pk.row(j).template cast<double>()));
       den += a;
-      abs_den += std::abs(a);
-      ref.out.row(i) += a * c.v.row(j).template cast<double>();
+      // The library sums over features before keys, so a signed map's cancellation inside
+      // phi(q) . phi(k) counts too (found by the fuzzer: trigonometric features in double, off
+      // by twice the bound built from |phi(q) . phi(k)|).
+      abs_den += scale * static_cast<ld>(pq.row(i).template cast<double>().cwiseAbs().dot(
+                             pk.row(j).template cast<double>().cwiseAbs()));
+      for (index_t col = 0; col < c.v.cols(); ++col) sum(col) += a * static_cast<ld>(c.v(j, col));
     }
-    ref.den[static_cast<std::size_t>(i)] = den;
-    ref.abs_den[static_cast<std::size_t>(i)] = abs_den;
-    if (den != 0) ref.out.row(i) /= den;
+    ref.den[static_cast<std::size_t>(i)] = static_cast<double>(den);
+    ref.abs_den[static_cast<std::size_t>(i)] = static_cast<double>(abs_den);
+    if (den != 0) ref.out.row(i) = (sum / den).template cast<double>();
   }
   return ref;
 }
