@@ -87,6 +87,26 @@ TEST(LshAttention, OneBucketAndOneChunkEqualsExactAttention) {
   }
 }
 
+// Found by the fuzzer: shared-QK keys are q_j / |q_j|, and a norm in the subnormal range keeps
+// few digits (|(m, m, m)| for m = 4.9e-324 rounds to 2m, not 1.73m), so such a row's key had norm
+// 0.87. It must be a unit vector at any magnitude, as the long double reference's is.
+TEST(LshAttention, SharedKeysAreUnitVectorsAtSubnormalNorms) {
+  const index_t n = 6;
+  const index_t d = 3;
+  const double m = std::numeric_limits<double>::denorm_min();
+  auto q = positive_first_column(random_matrix<double>(n, d, 4, 2.0));
+  q.row(1).setConstant(m);
+  q.row(2) << 3 * m, m, 0.0;
+  q.row(4) << 1e-300, 2e-300, 1e-300;  // squares underflow, the norm does not
+  const auto v = random_matrix<double>(n, 2, 5);
+  lsh_attention<double> a(d, {.buckets = 2, .hashes = 2, .chunk = n, .shared_qk = true, .seed = 1});
+  for (index_t r = 0; r < 2; ++r) a.hash_family().set_rotation(r, first_axis_rotation(d, 1));
+  for (const bool causal : {false, true}) {
+    const auto out = run(a, q, q, v, attention_mask{causal, {}});
+    EXPECT_LE((out - exact_shared(q, v, causal, {})).cwiseAbs().maxCoeff(), 1e-12) << "causal " << causal;
+  }
+}
+
 // ---- Semantics with real hashing, several rounds and small chunks ---------------------------
 
 TEST(LshAttention, MatchesBruteForceUnionOfWindows) {

@@ -32,7 +32,7 @@ struct lsh_maker_base {
 
   /// The workspace, field by field (lsh_attention::workspace_type, detail::lsh_plan,
   /// detail::lsh_lane), for N_q = N_k = n, h rounds, b buckets: per token row_max, row_sum and
-  /// (shared-QK) norm in T, q_bucket and q_chunk (and without shared-QK k_bucket and k_chunk)
+  /// (shared-QK) the norm's two factors in T, q_bucket and q_chunk (and without shared-QK k_bucket and k_chunk)
   /// in int32 per round, key_order per round, query_order, visible_keys, fallback and the
   /// reserved work items (4 indices each); per round bucket_start, plus counter and
   /// query_start; the hash tables; per lane (one per thread) the hashing scratch, the tiles
@@ -47,7 +47,7 @@ struct lsh_maker_base {
     typename A::hash_type::tables_type tables;
     a.hash_family().prepare(b, tables);
     const long long table_scalars = a.hash_family().scratch_size(tables);
-    const long long per_token = (shared ? 3 : 2) * t + (shared ? 2 : 4) * h * 4 + h * ix + 3 * ix +
+    const long long per_token = (shared ? 4 : 2) * t + (shared ? 2 : 4) * h * 4 + h * ix + 3 * ix +
                                 4 * ix;
     const long long per_lane = (table_scalars + 64 * d + 256 * d + 256 * d_v + 64 * 256 + 64 * d_v +
                                 64) * t +

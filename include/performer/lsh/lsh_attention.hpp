@@ -86,7 +86,7 @@ class lsh_attention {
   struct workspace_type {
     typename Hash::tables_type tables;
     detail::lsh_plan plan;
-    std::vector<T> norm;  // shared-QK: |q_j|
+    std::vector<T> norm;  // shared-QK: per token, max_c |q_jc| and |q_j / max_c |q_jc||
     std::vector<T> row_max, row_sum;
     std::vector<index_t> fallback;
     std::vector<detail::lsh_lane<T>> lanes;
@@ -260,7 +260,7 @@ class lsh_attention {
   void prepare(index_t n_q, index_t n_k, index_t d_v, workspace_type& ws) const {
     ws.plan.prepare(n_q, n_k, options_.hashes, ws.tables.buckets, options_.chunk,
                     options_.shared_qk);
-    ws.norm.resize(options_.shared_qk ? static_cast<std::size_t>(n_q) : 0);
+    ws.norm.resize(options_.shared_qk ? 2 * static_cast<std::size_t>(n_q) : 0);
     ws.row_max.resize(static_cast<std::size_t>(n_q));
     ws.row_sum.resize(static_cast<std::size_t>(n_q));
     ws.fallback.reserve(static_cast<std::size_t>(n_q));
@@ -272,14 +272,18 @@ class lsh_attention {
     }
   }
 
-  /// |x|, scaled by max |x_c| first so that it neither overflows nor underflows; fixed order.
-  static T robust_norm(const T* x, index_t d) {
+  /// |x| as two factors, s = max |x_c| and r = |x / s| in [1, sqrt(d)], so that x / |x| can be
+  /// formed accurately at any magnitude: a norm in the subnormal range keeps few digits (found by
+  /// the fuzzer: rows of 4.9e-324 got keys of norm 0.87). s = r = 0 for a zero row. Fixed order.
+  static void robust_norm(const T* x, index_t d, T* scale_and_root) {
     T largest = 0;
     for (index_t c = 0; c < d; ++c) largest = std::max(largest, std::abs(x[c]));
-    if (largest == T(0)) return T(0);
     T sum = 0;
-    for (index_t c = 0; c < d; ++c) sum += (x[c] / largest) * (x[c] / largest);
-    return std::sqrt(sum) * largest;
+    if (largest > T(0)) {
+      for (index_t c = 0; c < d; ++c) sum += (x[c] / largest) * (x[c] / largest);
+    }
+    scale_and_root[0] = largest;
+    scale_and_root[1] = std::sqrt(sum);
   }
 
   void hash_all(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
@@ -294,7 +298,7 @@ class lsh_attention {
         const index_t end = std::min(x.rows(), (block + 1) * hash_rows);
         for (index_t i = block * hash_rows; i < end; ++i) {
           family_.hash(ws.tables, x.row(i).data(), buckets.data() + i * h, scratch);
-          if (norms != nullptr) norms[i] = robust_norm(x.row(i).data(), x.cols());
+          if (norms != nullptr) robust_norm(x.row(i).data(), x.cols(), norms + 2 * i);
         }
       });
     };

@@ -73,7 +73,7 @@ struct lsh_pass {
   const const_matrix_ref<T>& v;
   matrix_ref<T>& out;
   const lsh_plan& plan;
-  const T* norm;  ///< shared-QK: |q_j| (keys are q_j / |q_j|); else null
+  const T* norm;  ///< shared-QK: per token j, s_j and r_j with |q_j| = s_j r_j (keys are q_j / |q_j|); else null
   T* row_max;     ///< per query: running maximum logit
   T* row_sum;     ///< per query: running normaliser
   bool causal;
@@ -179,12 +179,15 @@ void attend_window(index_t round, const index_t* qs, index_t rows, const index_t
         prefetch_row(&pass.v.coeffRef(ahead, 0), pass.v.cols());
       }
       if (shared) {
-        const T norm = pass.norm[j];
-        const T inverse = norm > T(0) ? T(1) / norm : T(0);
-        if (inverse <= std::numeric_limits<T>::max()) {
-          keys.row(u) = pass.q.row(j) * inverse;
+        const T scale = pass.norm[2 * j];
+        const T root = pass.norm[2 * j + 1];
+        const T norm = scale * root;
+        if (norm >= std::numeric_limits<T>::min()) {
+          keys.row(u) = pass.q.row(j) * (T(1) / norm);
+        } else if (scale > T(0)) {  // |q_j| subnormal: scale first, or the norm's lost digits show
+          keys.row(u) = (pass.q.row(j) / scale) / root;
         } else {
-          keys.row(u) = pass.q.row(j) / norm;  // a subnormal norm: its inverse overflows
+          keys.row(u).setZero();
         }
       } else {
         keys.row(u) = pass.k.row(j);
