@@ -144,6 +144,12 @@ inline void check_lengths(const char* who, const char* name, std::span<const ind
   }
 }
 
+/// Sequence b's length: lengths[b], or every row when no lengths are given.
+[[nodiscard]] inline index_t length_of(std::span<const index_t> lengths, index_t b,
+                                      index_t tokens) noexcept {
+  return lengths.empty() ? tokens : lengths[static_cast<std::size_t>(b)];
+}
+
 }  // namespace detail
 
 /**
@@ -200,11 +206,9 @@ void batched_attention(const A& a, const head_batch<const typename A::scalar_typ
                          who, ": key_mask has ", mask.key_mask.size(), " entries, expected ",
                          q.batch * k.tokens, " (B x N_k) or none");
   const auto query_length = [&](index_t b) {
-    return mask.query_lengths.empty() ? q.tokens : mask.query_lengths[static_cast<std::size_t>(b)];
+    return detail::length_of(mask.query_lengths, b, q.tokens);
   };
-  const auto key_length = [&](index_t b) {
-    return mask.key_lengths.empty() ? k.tokens : mask.key_lengths[static_cast<std::size_t>(b)];
-  };
+  const auto key_length = [&](index_t b) { return detail::length_of(mask.key_lengths, b, k.tokens); };
   if (mask.causal) {
     PERFORMER_PRECONDITION(q.tokens == k.tokens, who,
                            ": causal masking needs as many queries as keys (N_q = ", q.tokens,

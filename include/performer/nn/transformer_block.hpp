@@ -222,9 +222,7 @@ class transformer_block {
                            detail::shape(y), ", expected ", x.rows(), "x", d);
     PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
     detail::check_lengths(who, "lengths", lengths, batch, n);
-    const auto length = [&](index_t b) {
-      return lengths.empty() ? n : lengths[static_cast<std::size_t>(b)];
-    };
+    const auto length = [&](index_t b) { return detail::length_of(lengths, b, n); };
     for (index_t b = 0; b < batch; ++b) require_finite(who, "x", x.middleRows(b * n, length(b)));
     sublayers(x, y, ws, [&] {
       if (rope_) {
