@@ -41,8 +41,11 @@
 #include "lsh/lsh_options.hpp"
 // Transformer layers, block and stack; any mechanism over a batch of multi-head sequences.
 #include "nn/batched_attention.hpp"
+#include "nn/block_config.hpp"
+#include "nn/head_decoder.hpp"
 #include "nn/layers.hpp"
 #include "nn/rotary_embedding.hpp"
+#include "nn/sampling.hpp"
 #include "nn/transformer_block.hpp"
 #include "nn/transformer_model.hpp"
 #include "nn/transformer_stack.hpp"

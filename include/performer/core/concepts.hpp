@@ -47,6 +47,12 @@ concept real_scalar = std::same_as<T, float> || std::same_as<T, double>;
  *
  * Optional: `static constexpr bool key_permutation_invariant = true;` declares that permuting
  * the rows of k and v together leaves out unchanged; the conformance suite then checks it.
+ *
+ * Optional: `static constexpr bool query_independent = true;` declares that a query's output
+ * depends only on that query and the keys it may see (not on the other queries, nor on its
+ * row's index): exact attention is, LSH attention (whose buckets and chunks mix every token) is
+ * not. Streaming decoding can then cache keys and values (head_decoder); the conformance suite
+ * checks it.
  */
 template <class A>
 concept attention_mechanism =
@@ -67,6 +73,16 @@ template <class A>
 inline constexpr bool is_key_permutation_invariant = [] {
   if constexpr (requires { A::key_permutation_invariant; }) {
     return static_cast<bool>(A::key_permutation_invariant);
+  } else {
+    return false;
+  }
+}();
+
+/// True when A declares `query_independent = true` (see attention_mechanism).
+template <class A>
+inline constexpr bool is_query_independent = [] {
+  if constexpr (requires { A::query_independent; }) {
+    return static_cast<bool>(A::query_independent);
   } else {
     return false;
   }

@@ -9,6 +9,7 @@
 #include <optional>
 #include <span>
 #include <utility>
+#include <vector>
 
 #include "../core/attention_mask.hpp"
 #include "../core/concepts.hpp"
@@ -17,41 +18,12 @@
 #include "../core/validate.hpp"
 #include "../random/detail/generator.hpp"
 #include "batched_attention.hpp"
+#include "block_config.hpp"
+#include "head_decoder.hpp"
 #include "layers.hpp"
 #include "rotary_embedding.hpp"
 
 namespace performer {
-
-/// Shape and options of a transformer_block.
-struct block_config {
-  index_t d_model = 0;       ///< model width; must be a positive multiple of `heads`
-  index_t heads = 1;         ///< attention heads; head width is d_model / heads
-  index_t d_ff = 0;          ///< feed-forward width; 0 means 4 * d_model
-  bool causal = false;     ///< decoder-only (causal) when true, encoder (bidirectional) when false
-  norm_placement norm = norm_placement::pre;
-  activation ffn_activation = activation::gelu;
-  double layer_norm_eps = 1e-5;
-  /// Rotary position embedding of q and k, after their projections and before the mechanism
-  /// (as ESM-2 does); the head width must then be even.
-  bool rotary = false;
-  double rotary_base = 10000.0;  ///< RoPE's frequency base
-  rotary_pairing rotary_pairs = rotary_pairing::half;
-};
-
-/**
- * @brief Trainable parameters of one block. Linear maps act on row vectors: y = x W + b, so
- * W is (inputs x outputs), the transpose of PyTorch's nn.Linear weight.
- */
-template <real_scalar T>
-struct block_parameters {
-  row_matrix<T> w_q, w_k, w_v, w_o;  ///< d_model x d_model
-  row_vector<T> b_q, b_k, b_v, b_o;  ///< 1 x d_model
-  row_vector<T> norm1_gain, norm1_bias, norm2_gain, norm2_bias;  ///< 1 x d_model
-  row_matrix<T> w_ff1;  ///< d_model x d_ff
-  row_vector<T> b_ff1;  ///< 1 x d_ff
-  row_matrix<T> w_ff2;  ///< d_ff x d_model
-  row_vector<T> b_ff2;  ///< 1 x d_model
-};
 
 /**
  * @brief One Transformer layer: multi-head self-attention through `Attention`, LayerNorm,
@@ -165,6 +137,13 @@ class transformer_block {
    */
   void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
                std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    forward(x, y, key_mask, ws, config_.causal);
+  }
+
+  /// As above, causal or bidirectional for this call whatever the config says (e.g. one
+  /// block as an encoder and as a decoder).
+  void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
+               std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const {
     constexpr const char* who = "transformer_block::forward";
     const index_t n = x.rows();
     const index_t d = config_.d_model;
@@ -183,7 +162,7 @@ class transformer_block {
         rope_->apply(ws.q);
         rope_->apply(ws.k);
       }
-      const attention_mask mask{config_.causal, key_mask};
+      const attention_mask mask{causal, key_mask};
       const index_t dh = d / config_.heads;
       for (index_t head = 0; head < config_.heads; ++head) {
         const index_t c0 = head * dh;
@@ -211,6 +190,13 @@ class transformer_block {
   void forward_batch(const const_matrix_ref<scalar_type>& x, index_t batch,
                      matrix_ref<scalar_type> y, std::span<const index_t> lengths,
                      workspace_type& ws) const {
+    forward_batch(x, batch, y, lengths, ws, config_.causal);
+  }
+
+  /// As above, causal or bidirectional for this call.
+  void forward_batch(const const_matrix_ref<scalar_type>& x, index_t batch,
+                     matrix_ref<scalar_type> y, std::span<const index_t> lengths,
+                     workspace_type& ws, bool causal) const {
     constexpr const char* who = "transformer_block::forward_batch";
     const index_t d = config_.d_model;
     PERFORMER_PRECONDITION(batch > 0 && x.rows() > 0 && x.rows() % batch == 0, who, ": x is ",
@@ -238,12 +224,79 @@ class transformer_block {
                         bnhd_view<const T>(ws.k.data(), batch, n, h, dh),
                         bnhd_view<const T>(ws.v.data(), batch, n, h, dh),
                         bnhd_view(ws.context.data(), batch, n, h, dh),
-                        batch_mask::padded(lengths, config_.causal), ws.batch);
+                        batch_mask::padded(lengths, causal), ws.batch);
     });
     for (index_t b = 0; b < batch; ++b) {
       y.middleRows(b * n + length(b), n - length(b)).setZero();
       require_finite_result(who, y.middleRows(b * n, length(b)));
     }
+  }
+
+  /// Streaming state of step(): each head's decoder, scratch rows and the position.
+  struct decoder_state {
+    std::vector<head_decoder<Attention>> heads;
+    workspace_type ws;
+    index_t position = 0;
+    bool failed = false;  ///< a step threw part-way: the heads may disagree on the context
+  };
+
+  /**
+   * @brief A fresh streaming state for step() (position 0).
+   * @throws performer::invalid_argument if the mechanism has no step-by-step decoding
+   * (head_decoder: LSH attention).
+   */
+  [[nodiscard]] decoder_state start_decoding() const {
+    const index_t dh = config_.d_model / config_.heads;
+    decoder_state s;
+    s.heads.reserve(static_cast<std::size_t>(config_.heads));
+    for (index_t h = 0; h < config_.heads; ++h) s.heads.emplace_back(attention_, dh, dh);
+    return s;
+  }
+
+  /**
+   * @brief Causal decoding, one token at a time: y is the causal forward's output for the
+   * token x at position s.position, given the tokens stepped before it; then the position
+   * advances. Each head carries its own state (head_decoder): FAVOR+'s is constant in the
+   * context, exact attention's is a key/value cache.
+   * @param x, y 1 x d_model, not overlapping. @param s from start_decoding() of this block.
+   * @throws performer::invalid_argument on a bad shape, non-finite x or result, a state not
+   * made by this block's start_decoding(), or what the head decoders throw. After a throw from
+   * the heads the state is marked failed and every later step throws: start a new one.
+   */
+  void step(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
+            decoder_state& s) const {
+    constexpr const char* who = "transformer_block::step";
+    const index_t d = config_.d_model;
+    PERFORMER_PRECONDITION(x.rows() == 1 && x.cols() == d && y.rows() == 1 && y.cols() == d, who,
+                           ": x is ", detail::shape(x), " and y is ", detail::shape(y),
+                           ", expected 1x", d, " each");
+    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
+    PERFORMER_PRECONDITION(s.heads.size() == static_cast<std::size_t>(config_.heads), who,
+                           ": the state has ", s.heads.size(), " heads, expected ",
+                           config_.heads, " (make it with start_decoding())");
+    PERFORMER_PRECONDITION(!s.failed, who,
+                           ": an earlier step failed part-way; start a new state");
+    require_finite(who, "x", x);
+    sublayers(x, y, s.ws, [&] {
+      if (rope_) {
+        rope_->apply(s.ws.q, s.position);
+        rope_->apply(s.ws.k, s.position);
+      }
+      const index_t dh = d / config_.heads;
+      try {
+        for (index_t h = 0; h < config_.heads; ++h) {
+          const index_t c0 = h * dh;
+          s.heads[static_cast<std::size_t>(h)].step(
+              attention_, s.ws.q.middleCols(c0, dh), s.ws.k.middleCols(c0, dh),
+              s.ws.v.middleCols(c0, dh), s.ws.context.middleCols(c0, dh));
+        }
+      } catch (...) {
+        s.failed = true;
+        throw;
+      }
+    });
+    ++s.position;
+    require_finite_result(who, y);
   }
 
   /// Convenience overload that allocates the result and a workspace.

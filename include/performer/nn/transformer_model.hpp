@@ -8,6 +8,7 @@
 #include <span>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "../core/concepts.hpp"
 #include "../core/error.hpp"
@@ -15,6 +16,7 @@
 #include "../core/validate.hpp"
 #include "../random/detail/generator.hpp"
 #include "layers.hpp"
+#include "sampling.hpp"
 #include "transformer_stack.hpp"
 
 namespace performer {
@@ -129,6 +131,12 @@ class transformer_model {
    */
   void embed(std::span<const std::int64_t> tokens, matrix_ref<scalar_type> hidden,
              std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    embed(tokens, hidden, key_mask, ws, config_.block.causal);
+  }
+
+  /// As above, causal or bidirectional for this call whatever the config says.
+  void embed(std::span<const std::int64_t> tokens, matrix_ref<scalar_type> hidden,
+             std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const {
     constexpr const char* who = "transformer_model::embed";
     const auto n = static_cast<index_t>(tokens.size());
     const index_t d = d_model();
@@ -138,14 +146,8 @@ class transformer_model {
     PERFORMER_PRECONDITION(hidden.rows() == n && hidden.cols() == d, who, ": hidden is ",
                            detail::shape(hidden), ", expected ", n, "x", d);
     ws.embedded.resize(n, d);
-    for (index_t i = 0; i < n; ++i) {
-      const std::int64_t t = tokens[static_cast<std::size_t>(i)];
-      PERFORMER_PRECONDITION(t >= 0 && t < config_.vocab, who, ": token ", i, " is ", t,
-                             ", outside [0, ", config_.vocab, ")");
-      ws.embedded.row(i) = params_.token_embedding.row(static_cast<index_t>(t));
-      if (config_.max_positions > 0) ws.embedded.row(i) += params_.position_embedding.row(i);
-    }
-    stack_.forward(ws.embedded, hidden, key_mask, ws.stack);
+    for (index_t i = 0; i < n; ++i) embed_token(who, tokens[static_cast<std::size_t>(i)], i, ws.embedded.row(i));
+    stack_.forward(ws.embedded, hidden, key_mask, ws.stack, causal);
   }
 
   /**
@@ -155,20 +157,20 @@ class transformer_model {
    */
   void forward(std::span<const std::int64_t> tokens, matrix_ref<scalar_type> logits,
                std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    forward(tokens, logits, key_mask, ws, config_.block.causal);
+  }
+
+  /// As above, causal or bidirectional for this call whatever the config says.
+  void forward(std::span<const std::int64_t> tokens, matrix_ref<scalar_type> logits,
+               std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const {
     constexpr const char* who = "transformer_model::forward";
     const auto n = static_cast<index_t>(tokens.size());
     PERFORMER_PRECONDITION(logits.rows() == n && logits.cols() == config_.vocab, who,
                            ": logits is ", detail::shape(logits), ", expected ", n, "x",
                            config_.vocab);
     ws.hidden.resize(n, d_model());
-    embed(tokens, ws.hidden, key_mask, ws);
-    if (config_.tie_output) {
-      logits.noalias() = ws.hidden * params_.token_embedding.transpose();
-    } else {
-      logits.noalias() = ws.hidden * params_.w_out;
-    }
-    logits.rowwise() += params_.b_out;
-    require_finite_result(who, logits);
+    embed(tokens, ws.hidden, key_mask, ws, causal);
+    head(who, ws.hidden, logits);
   }
 
   /// Convenience overload: the logits, with a workspace of its own.
@@ -180,7 +182,96 @@ class transformer_model {
     return logits;
   }
 
+  /// Streaming state of step() and generate(): the stack's, and scratch rows.
+  struct decoder_state {
+    typename stack_type::decoder_state stack;
+    row_matrix<scalar_type> embedded, hidden;
+    index_t position = 0;
+  };
+
+  /// A fresh state (position 0). @throws as transformer_block::start_decoding (LSH attention
+  /// has no step-by-step decoding).
+  [[nodiscard]] decoder_state start_decoding() const {
+    decoder_state s{stack_.start_decoding(), row_matrix<scalar_type>(1, d_model()),
+                    row_matrix<scalar_type>(1, d_model()), 0};
+    return s;
+  }
+
+  /**
+   * @brief Causal decoding: logits (1 x vocab) for `token` at the state's position, given the
+   * tokens stepped before it; equal to that row of the causal forward() (to rounding). Cost per
+   * token: with FAVOR+, constant in the context; with exact attention, linear in it (a
+   * key/value cache).
+   * @throws performer::invalid_argument on a token outside [0, vocab), a position beyond
+   * max_positions (with learned positions), logits not 1 x vocab, or as transformer_stack::step.
+   */
+  void step(std::int64_t token, matrix_ref<scalar_type> logits, decoder_state& s) const {
+    constexpr const char* who = "transformer_model::step";
+    PERFORMER_PRECONDITION(logits.rows() == 1 && logits.cols() == config_.vocab, who,
+                           ": logits is ", detail::shape(logits), ", expected 1x", config_.vocab);
+    PERFORMER_PRECONDITION(config_.max_positions == 0 || s.position < config_.max_positions, who,
+                           ": position ", s.position, " but the model has positions for ",
+                           config_.max_positions);
+    embed_token(who, token, s.position, s.embedded.row(0));
+    stack_.step(s.embedded, s.hidden, s.stack);
+    ++s.position;
+    head(who, s.hidden, logits);
+  }
+
+  /**
+   * @brief A causal language model's continuation: steps through the prompt, then picks `count`
+   * tokens one at a time (greedy or sampled, see sampling_options), each fed back in.
+   * @return the `count` new tokens (not the prompt).
+   * @throws performer::invalid_argument on an empty prompt, a negative count, a bad sampling
+   * option, prompt and continuation longer than max_positions (with learned positions), or as
+   * step().
+   */
+  [[nodiscard]] std::vector<std::int64_t> generate(std::span<const std::int64_t> prompt,
+                                                   index_t count,
+                                                   const sampling_options& sampling = {}) const {
+    constexpr const char* who = "transformer_model::generate";
+    PERFORMER_PRECONDITION(!prompt.empty(), who, ": empty prompt");
+    PERFORMER_PRECONDITION(count >= 0, who, ": count must be >= 0 (got ", count, ")");
+    detail::check_sampling(who, sampling);
+    const auto total = static_cast<index_t>(prompt.size()) + count - 1;
+    PERFORMER_PRECONDITION(config_.max_positions == 0 || total <= config_.max_positions, who,
+                           ": prompt and continuation need ", total,
+                           " positions but the model has ", config_.max_positions);
+    auto s = start_decoding();
+    row_matrix<scalar_type> logits(1, config_.vocab);
+    for (const std::int64_t t : prompt) step(t, logits, s);
+    detail::xoshiro256ss rng(sampling.seed);
+    std::vector<std::int64_t> out;
+    out.reserve(static_cast<std::size_t>(count));
+    for (index_t i = 0; i < count; ++i) {
+      out.push_back(detail::sample_token(logits, sampling.temperature, rng));
+      if (i + 1 < count) step(out.back(), logits, s);
+    }
+    return out;
+  }
+
  private:
+  /// row = E[token] (+ P[position]).
+  template <class Row>
+  void embed_token(const char* who, std::int64_t token, index_t position, Row&& row) const {
+    PERFORMER_PRECONDITION(token >= 0 && token < config_.vocab, who, ": token ", position, " is ",
+                           token, ", outside [0, ", config_.vocab, ")");
+    row = params_.token_embedding.row(static_cast<index_t>(token));
+    if (config_.max_positions > 0) row += params_.position_embedding.row(position);
+  }
+
+  /// logits = hidden W_out + b_out (W_out = E^T when tied).
+  void head(const char* who, const row_matrix<scalar_type>& hidden,
+            matrix_ref<scalar_type> logits) const {
+    if (config_.tie_output) {
+      logits.noalias() = hidden * params_.token_embedding.transpose();
+    } else {
+      logits.noalias() = hidden * params_.w_out;
+    }
+    logits.rowwise() += params_.b_out;
+    require_finite_result(who, logits);
+  }
+
   static model_config validated(const model_config& c) {
     constexpr const char* who = "transformer_model";
     PERFORMER_PRECONDITION(c.vocab > 0, who, ": vocab must be positive (got ", c.vocab, ")");

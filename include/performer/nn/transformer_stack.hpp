@@ -113,8 +113,13 @@ class transformer_stack {
   /// Runs every layer, then the final LayerNorm (pre-LN only). Same contract as the block's.
   void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
                std::span<const std::uint8_t> key_mask, workspace_type& ws) const {
+    forward(x, y, key_mask, ws, blocks_.front().config().causal);
+  }
+
+  /// As above, causal or bidirectional for this call whatever the config says.
+  void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
+               std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const {
     constexpr const char* who = "transformer_stack::forward";
-    const auto& cfg = blocks_.front().config();
     // Checked here: with an even number of layers no block sees x and y together.
     PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == x.cols(), who, ": y is ",
                            detail::shape(y), " but x is ", detail::shape(x));
@@ -123,21 +128,59 @@ class transformer_stack {
     // Layer l writes into y when (layers - l) is odd, so that the last layer writes y.
     bool into_y = blocks_.size() % 2 == 1;
     blocks_.front().forward(x, into_y ? y : matrix_ref<scalar_type>(ws.buffer), key_mask,
-                            ws.block);
+                            ws.block, causal);
     for (std::size_t l = 1; l < blocks_.size(); ++l) {
       if (into_y) {
-        blocks_[l].forward(y, ws.buffer, key_mask, ws.block);
+        blocks_[l].forward(y, ws.buffer, key_mask, ws.block, causal);
       } else {
-        blocks_[l].forward(ws.buffer, y, key_mask, ws.block);
+        blocks_[l].forward(ws.buffer, y, key_mask, ws.block, causal);
       }
       into_y = !into_y;
     }
-    if (cfg.norm == norm_placement::pre) {
-      ws.buffer = y;
-      detail::layer_norm(ws.buffer, final_gain_, final_bias_,
-                         static_cast<scalar_type>(cfg.layer_norm_eps), y);
-      require_finite_result(who, y);  // a gain or bias near T's limit can overflow
+    final_norm(who, y, ws.buffer);
+  }
+
+  /// Streaming state of step(): one block state per layer.
+  struct decoder_state {
+    std::vector<typename block_type::decoder_state> layers;
+    row_matrix<scalar_type> buffer;
+  };
+
+  /// A fresh state for step(). @throws as transformer_block::start_decoding.
+  [[nodiscard]] decoder_state start_decoding() const {
+    decoder_state s;
+    s.layers.reserve(blocks_.size());
+    for (const auto& b : blocks_) s.layers.push_back(b.start_decoding());
+    return s;
+  }
+
+  /**
+   * @brief Causal decoding of one token through every layer and the final LayerNorm: y is the
+   * causal forward's output row for x at the state's position.
+   * @throws performer::invalid_argument as transformer_block::step, or for a state not made by
+   * this stack's start_decoding().
+   */
+  void step(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
+            decoder_state& s) const {
+    constexpr const char* who = "transformer_stack::step";
+    PERFORMER_PRECONDITION(s.layers.size() == blocks_.size(), who, ": the state has ",
+                           s.layers.size(), " layers, expected ", blocks_.size(),
+                           " (make it with start_decoding())");
+    PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == x.cols(), who, ": y is ",
+                           detail::shape(y), " but x is ", detail::shape(x));
+    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
+    s.buffer.resize(x.rows(), x.cols());
+    bool into_y = blocks_.size() % 2 == 1;  // as in forward(): the last layer writes y
+    blocks_.front().step(x, into_y ? y : matrix_ref<scalar_type>(s.buffer), s.layers.front());
+    for (std::size_t l = 1; l < blocks_.size(); ++l) {
+      if (into_y) {
+        blocks_[l].step(y, s.buffer, s.layers[l]);
+      } else {
+        blocks_[l].step(s.buffer, y, s.layers[l]);
+      }
+      into_y = !into_y;
     }
+    final_norm(who, y, s.buffer);
   }
 
   [[nodiscard]] row_matrix<scalar_type> forward(const const_matrix_ref<scalar_type>& x,
@@ -149,6 +192,16 @@ class transformer_stack {
   }
 
  private:
+  /// y = LayerNorm(y) with the final gain and bias, in the pre-LN arrangement only.
+  void final_norm(const char* who, matrix_ref<scalar_type> y, row_matrix<scalar_type>& scratch) const {
+    const auto& cfg = blocks_.front().config();
+    if (cfg.norm != norm_placement::pre) return;
+    scratch = y;
+    detail::layer_norm(scratch, final_gain_, final_bias_,
+                       static_cast<scalar_type>(cfg.layer_norm_eps), y);
+    require_finite_result(who, y);  // a gain or bias near T's limit can overflow
+  }
+
   void check_layer(index_t l) const {
     PERFORMER_PRECONDITION(l >= 0 && l < layers(), "transformer_stack::layer: index ", l,
                            " out of range (", layers(), " layers)");

@@ -32,6 +32,7 @@ class softmax_attention {
   using scalar_type = T;
   static constexpr bool supports_causal = true;
   static constexpr bool key_permutation_invariant = true;
+  static constexpr bool query_independent = true;
 
   /// Scratch memory: the N_q x N_k weight matrix.
   struct workspace_type {

@@ -43,6 +43,7 @@ class tiled_softmax_attention {
   using scalar_type = T;
   static constexpr bool supports_causal = true;
   static constexpr bool key_permutation_invariant = true;
+  static constexpr bool query_independent = true;
 
   /// One thread's scratch: a tile of logits and its queries' running statistics.
   struct lane_type {

@@ -402,6 +402,30 @@ TYPED_TEST_P(attention_conformance, KeyPermutationInvariance) {
   }
 }
 
+TYPED_TEST_P(attention_conformance, QueryIndependence) {
+  using T = typename TestFixture::T;
+  using A = typename TestFixture::attention_type;
+  if constexpr (!is_query_independent<A>) {
+    GTEST_SKIP() << "the mechanism does not declare query_independent";
+  } else {
+    // Each query alone, and the queries in another order, against the rows of one call.
+    constexpr index_t n = 13;
+    const auto a = TestFixture::make();
+    const auto q = random_matrix<T>(n, TestFixture::d, 61);
+    const auto k = random_matrix<T>(n + 4, TestFixture::d, 62);
+    const auto v = random_matrix<T>(n + 4, TestFixture::d_v, 63);
+    const row_matrix<T> all = run(a, q, k, v);
+    for (index_t i = 0; i < n; ++i) {
+      EXPECT_LE(relative_difference(run(a, q.row(i), k, v), all.row(i)),
+                TestFixture::traits::tolerance)
+          << "query " << i << " alone";
+    }
+    const row_matrix<T> reversed = q.colwise().reverse();
+    EXPECT_LE(relative_difference(run(a, reversed, k, v), all.colwise().reverse()),
+              TestFixture::traits::tolerance);
+  }
+}
+
 TYPED_TEST_P(attention_conformance, WorkspaceReuseGivesIdenticalResults) {
   using T = typename TestFixture::T;
   const auto a = TestFixture::make();
@@ -422,6 +446,6 @@ REGISTER_TYPED_TEST_SUITE_P(attention_conformance, ModelsTheConcept, ShapesFinit
                             RejectsBadInput, CausalPrefixInvariance, PaddingInvariance,
                             QueryWithNoVisibleKeyGetsZeros, QueryWithAVisibleKeyNeverGetsAZeroRow,
                             OutputFollowsTheLogits, KeyPermutationInvariance,
-                            WorkspaceReuseGivesIdenticalResults);
+                            QueryIndependence, WorkspaceReuseGivesIdenticalResults);
 
 }  // namespace performer::conformance
