@@ -32,7 +32,9 @@ struct expected_tensor {
  * attention.kind), `describe(a)` (the description of a mechanism), `tensors(desc, head_dim,
  * prefix)` (the tensors a layer's mechanism adds, e.g. "layers.0.attn.projection"),
  * `add(writer, a, prefix)` and `make(desc, head_dim, file, prefix)`. Not defined for other
- * mechanisms: save_model and load_model then do not compile.
+ * mechanisms: save_model and load_model then do not compile. Each function costs O(size of the
+ * mechanism's stored tensors): nothing for exact attention, m d for FAVOR+, h d b/2 for LSH
+ * (whose describe() also redraws the rotations once above 32 buckets, to tell drawn from set).
  */
 template <class Attention>
 struct attention_io;

@@ -97,7 +97,8 @@ void check_tensors(const safetensors_file& f, const model_description& m, const 
 }
 
 /// Builds the model from a checked file: each layer's weights are read from the mapping into
-/// new matrices, moved into the layer, and the mapping's pages dropped from resident memory.
+/// new matrices and moved into the layer (a file opened with page_policy::discard_after_read
+/// drops each block of pages once converted).
 template <storable_attention A>
 [[nodiscard]] transformer_model<A> build_model(const safetensors_file& f,
                                                const model_description& m, const char* who) {
@@ -132,7 +133,6 @@ template <storable_attention A>
     b.w_ff2 = f.read_transposed<T>(p + "ffn.fc2.weight");
     b.b_ff2 = f.read<T>(p + "ffn.fc2.bias");
     model.stack().layer(l).set_parameters(std::move(b));
-    f.discard_pages();
   }
   model.stack().set_final_norm(f.read<T>("norm.weight"), f.read<T>("norm.bias"));
   model_parameters<T> p;
@@ -142,7 +142,6 @@ template <storable_attention A>
   if (!m.config.tie_output) p.w_out = f.read_transposed<T>("head.weight");
   p.b_out = f.read<T>("head.bias");
   model.set_parameters(std::move(p));
-  f.discard_pages();
   return model;
 }
 
@@ -239,11 +238,13 @@ void save_model(const transformer_model<A>& model, const std::filesystem::path& 
  * double, whatever the stored types (each tensor converts: F32/BF16 to double exactly, F64 to
  * float rounded).
  *
- * Memory: the file is mapped, not read into a buffer. Each layer's tensors are converted from
- * the mapping into that layer's matrices, and the pages read are then dropped from the
- * process's resident set, so a load peaks at about one copy of the weights (the model's) plus
- * one layer; the mapping is closed on return. Time O(parameters) (the model is first built
- * with seeded weights, which the file's then replace).
+ * Memory: the file is mapped, never read into a buffer. Each tensor is converted from the
+ * mapping straight into a new matrix of the model's, and the file pages it was read from are
+ * dropped from the process's resident set block by block (they stay in the page cache); the
+ * mapping is closed on return. The model is first built with seeded weights, which the file's
+ * then replace one tensor group at a time, so a load peaks at the model's size plus its
+ * largest replaced group (one layer, or the model's own embedding and head). Time
+ * O(parameters).
  * @throws performer::invalid_argument "load_model: <path>: ..." if the file holds another
  * kind of attention, lacks a tensor of the config or has one of another shape or a non-real
  * type, or holds an unexpected tensor under the format's names; as read_model_config (with
@@ -252,7 +253,7 @@ void save_model(const transformer_model<A>& model, const std::filesystem::path& 
  */
 template <storable_attention A>
 [[nodiscard]] transformer_model<A> load_model(const std::filesystem::path& path) {
-  const safetensors_file f(path);
+  const safetensors_file f(path, page_policy::discard_after_read);
   const model_description m = detail::parse_description(f.metadata(), "load_model", f.path().string());
   return detail::build_model<A>(f, m, "load_model");
 }
@@ -265,7 +266,7 @@ template <storable_attention A>
 template <real_scalar T>
 [[nodiscard]] any_model<T> load_any_model(const std::filesystem::path& path) {
   constexpr const char* who = "load_any_model";
-  const safetensors_file f(path);
+  const safetensors_file f(path, page_policy::discard_after_read);
   const model_description m = detail::parse_description(f.metadata(), who, f.path().string());
   if (m.attention.kind == "favor") return detail::build_model<favor_attention<T>>(f, m, who);
   if (m.attention.kind == "lsh") return detail::build_model<lsh_attention<T>>(f, m, who);

@@ -29,6 +29,10 @@
 
 namespace performer::io {
 
+/// Whether reads leave the pages they convert resident (the default: a tensor read twice is
+/// read from memory) or drop them (a loader: the process then holds the converted copy only).
+enum class page_policy { keep, discard_after_read };
+
 /**
  * @brief An open safetensors file: its tensor list, its `__metadata__` and its tensors' data,
  * read from a read-only memory mapping (pages are loaded on first touch; nothing is copied
@@ -46,7 +50,8 @@ class safetensors_file {
   static constexpr std::uint64_t max_header_bytes = detail::max_header_bytes;
 
   /**
-   * @brief Maps `path` and validates its header.
+   * @brief Maps `path` and validates its header. With page_policy::discard_after_read every
+   * conversion drops the pages it read, in blocks of at most 16 MB, from resident memory.
    * @throws performer::invalid_argument "safetensors_file: <path>: <problem>" if the file is
    * missing, unreadable or not a regular file; shorter than 8 bytes; its header length exceeds
    * max_header_bytes or the file; the header is not JSON or not an object; `__metadata__` is
@@ -56,8 +61,8 @@ class safetensors_file {
    * other than product(shape) x the dtype's size; two tensors overlap; or the tensors leave
    * bytes of the data unused (the format forbids holes).
    */
-  explicit safetensors_file(const std::filesystem::path& path)
-      : path_(path), map_(path, who_open) {
+  explicit safetensors_file(const std::filesystem::path& path, page_policy pages = page_policy::keep)
+      : path_(path), map_(path, who_open), discard_(pages == page_policy::discard_after_read) {
     auto parsed = detail::parse_header(map_.bytes(), path_.string());
     tensors_ = std::move(parsed.tensors);
     metadata_ = std::move(parsed.metadata);
@@ -187,13 +192,24 @@ class safetensors_file {
                            rank);
   }
 
-  /// Elements [first, first + n) of t into dst, then checked: finite, and within T's range.
+  /// Elements [first, first + n) of t into dst, in blocks of at most 16 MB of the file.
   template <real_scalar T>
   void convert(const tensor_info& t, index_t first, index_t n, T* dst) const {
+    const auto block = static_cast<index_t>((std::size_t{16} << 20) / dtype_size(t.type));
+    for (index_t i = 0; i < n; i += block) {
+      convert_block(t, first + i, std::min(block, n - i), dst + i);
+    }
+  }
+
+  /// One block, then checked: finite, and within T's range.
+  template <real_scalar T>
+  void convert_block(const tensor_info& t, index_t first, index_t n, T* dst) const {
     const std::size_t size = dtype_size(t.type);
     const std::byte* src = data_.data() + t.begin + static_cast<std::size_t>(first) * size;
     detail::convert_run(t.type, src, static_cast<std::size_t>(n), dst);
-    if (all_finite(Eigen::Map<const vector<T>>(dst, n))) [[likely]] return;
+    const bool finite = all_finite(Eigen::Map<const vector<T>>(dst, n));
+    if (finite && discard_) map_.discard(src, static_cast<std::size_t>(n) * size);
+    if (finite) [[likely]] return;
     for (index_t i = 0; i < n; ++i) {  // the error path: say which element, and why
       const double v = detail::load_real<double>(t.type, src, static_cast<std::size_t>(i));
       PERFORMER_PRECONDITION(std::isfinite(v), who_read, ": ", path_.string(), ": tensor '",
@@ -206,6 +222,7 @@ class safetensors_file {
 
   std::filesystem::path path_;
   detail::mapped_file map_;
+  bool discard_ = false;
   std::span<const std::byte> data_;
   std::vector<tensor_info> tensors_;
   std::map<std::string, std::string> metadata_;

@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <span>
@@ -79,11 +80,17 @@ class mapped_file {
   /// Drops the pages read so far from the process's resident set (they stay in the page cache,
   /// and a later read faults them back in). Keeps a loader's resident memory at about one copy
   /// of the weights: the model's, not the model's plus the file's.
-  void discard_pages() const noexcept {
-    if (data_ != nullptr) {
-      // const_cast: madvise takes a void*, the mapping is neither written nor changed.
-      static_cast<void>(::madvise(const_cast<std::byte*>(data_), size_, MADV_DONTNEED));
-    }
+  void discard_pages() const noexcept { discard(data_, size_); }
+
+  /// The same for the pages holding bytes [p, p + n) of the mapping (whole pages: a page shared
+  /// with a neighbouring tensor is dropped too, and read again if that tensor is).
+  void discard(const std::byte* p, std::size_t n) const noexcept {
+    if (data_ == nullptr || n == 0) return;
+    static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto begin = reinterpret_cast<std::uintptr_t>(p) / page * page;
+    const auto end = reinterpret_cast<std::uintptr_t>(p + n);
+    // const_cast: madvise takes a void*; the mapping is neither written nor changed.
+    static_cast<void>(::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED));
   }
 
  private:
