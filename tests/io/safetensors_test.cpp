@@ -177,6 +177,29 @@ TYPED_TEST(SafetensorsRoundTrip, ExactInItsOwnTypeAndWidened) {
   }
 }
 
+// Big enough that every blocked path runs over several blocks: the reader's conversion (16 MB,
+// with pages discarded), read_transposed's (64 rows) and the writer's (16384 elements).
+TEST(SafetensorsWriter, LargeTensorsAcrossBlocks) {
+  const temp_dir dir;
+  row_matrix<float> big(2100, 2100);  // 17.6 MB
+  for (index_t i = 0; i < big.size(); ++i) big.data()[i] = static_cast<float>(i % 8191) - 4000.5f;
+  const row_matrix<float> m = random_matrix<float>(300, 200, 12);
+  const row_matrix<double> wide = random_matrix<double>(150, 333, 13);
+  io::safetensors_writer w;
+  w.add("big", big);
+  w.add("m", m);
+  w.add_transposed("m_t", m);
+  w.add_transposed("wide_t", wide, io::dtype::f64);
+  w.write(dir.file("large.safetensors"));
+  const io::safetensors_file f(dir.file("large.safetensors"), io::page_policy::discard_after_read);
+  EXPECT_TRUE(same_bits(f.read<float>("big"), big));
+  EXPECT_TRUE(same_bits(f.read<float>("m"), m));
+  EXPECT_TRUE(same_bits(f.read_transposed<float>("m_t"), m));
+  EXPECT_TRUE(same_bits(f.read<float>("m_t"), row_matrix<float>(m.transpose())));
+  EXPECT_TRUE(same_bits(f.read_transposed<double>("wide_t"), wide));
+  EXPECT_TRUE(same_bits(f.read_transposed<float>("m_t"), m));  // discarded pages read again
+}
+
 /// The bfloat16 bits the writer stored for one value.
 template <class T>
 std::uint16_t stored_bf16(const temp_dir& dir, T value) {
