@@ -97,6 +97,28 @@ TYPED_TEST(Decoding, AStackStepsLikeItsCausalForwardWhateverItsConfig) {
   EXPECT_GT(relative_difference(stack.forward(x), batch), 1e-3);
 }
 
+// prime() folds a prefix without outputs: the next step must equal stepping every token.
+TYPED_TEST(Decoding, PrimingAHeadEqualsSteppingThroughThePrefix) {
+  using A = TypeParam;
+  using T = typename A::scalar_type;
+  const A a = make_mechanism<A>();
+  const auto q = random_matrix<T>(9, 8, 21);
+  const auto k = random_matrix<T>(9, 8, 22);
+  const auto v = random_matrix<T>(9, 5, 23);
+  head_decoder<A> stepped(a, 8, 5);
+  head_decoder<A> primed(a, 8, 5);
+  row_matrix<T> out(1, 5);
+  for (index_t i = 0; i < 8; ++i) stepped.step(a, q.row(i), k.row(i), v.row(i), out);
+  primed.prime(k.topRows(8), v.topRows(8));
+  EXPECT_EQ(primed.position(), 8);
+  row_matrix<T> expected(1, 5);
+  stepped.step(a, q.row(8), k.row(8), v.row(8), expected);
+  primed.step(a, q.row(8), k.row(8), v.row(8), out);
+  EXPECT_LE(relative_difference(out, expected), 1e-6);
+  const char* who = is_query_independent<A> ? "head_decoder::prime" : "favor_decoder::prime";
+  PERFORMER_EXPECT_INVALID(who, "k is 2x7", primed.prime(random_matrix<T>(2, 7, 1), v.topRows(2)));
+}
+
 TEST(Decoding, PerCallCausalEqualsACausalConfig) {
   block_config cfg{.d_model = 16, .heads = 4, .d_ff = 24, .causal = false};
   const transformer_block<softmax_attention<double>> encoder(cfg, {}, 4);

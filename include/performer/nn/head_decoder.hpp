@@ -57,6 +57,26 @@ class head_decoder {
   void reset() noexcept { n_ = 0; }
 
   /**
+   * @brief Adds n tokens' keys and values to the context without outputs (e.g. a prompt whose
+   * outputs are not needed), reserving room to double the context so the steps after it do
+   * not reallocate at once.
+   * @throws performer::invalid_argument on shape mismatch or non-finite values (nothing added).
+   */
+  void prime(const const_matrix_ref<scalar_type>& k, const const_matrix_ref<scalar_type>& v) {
+    constexpr const char* who = "head_decoder::prime";
+    PERFORMER_PRECONDITION(k.cols() == keys_.cols() && v.cols() == values_.cols() &&
+                               k.rows() == v.rows(),
+                           who, ": k is ", detail::shape(k), " and v is ", detail::shape(v),
+                           ", expected n x ", keys_.cols(), " and n x ", values_.cols());
+    require_finite(who, "k", k);
+    require_finite(who, "v", v);
+    reserve(n_ + k.rows());
+    keys_.middleRows(n_, k.rows()) = k;
+    values_.middleRows(n_, v.rows()) = v;
+    n_ += k.rows();
+  }
+
+  /**
    * @brief Adds token (k, v) to the context, then writes q's output into out.
    * @param a the mechanism this decoder was made for (unchanged since).
    * @param q, k 1 x d; v, out 1 x d_v.
@@ -71,11 +91,7 @@ class head_decoder {
                            "head_decoder::step: q, k, v and out must be single rows with k of ",
                            keys_.cols(), " and v of ", values_.cols(), " entries (got ",
                            detail::shape(k), " and ", detail::shape(v), ")");
-    if (n_ == keys_.rows()) {  // grow by doubling: amortised O(d + d_v) per token
-      const index_t capacity = std::max<index_t>(16, 2 * n_);
-      keys_.conservativeResize(capacity, Eigen::NoChange);
-      values_.conservativeResize(capacity, Eigen::NoChange);
-    }
+    reserve(n_ + 1);
     keys_.row(n_) = k;
     values_.row(n_) = v;
     a.forward(q, keys_.topRows(n_ + 1), values_.topRows(n_ + 1), out, attention_mask{}, ws_);
@@ -83,6 +99,14 @@ class head_decoder {
   }
 
  private:
+  /// Room for `rows` tokens, growing to twice that: amortised O(d + d_v) per token.
+  void reserve(index_t rows) {
+    if (rows <= keys_.rows()) return;
+    const index_t capacity = std::max<index_t>(16, 2 * rows);
+    keys_.conservativeResize(capacity, Eigen::NoChange);
+    values_.conservativeResize(capacity, Eigen::NoChange);
+  }
+
   row_matrix<scalar_type> keys_, values_;
   index_t n_ = 0;
   typename A::workspace_type ws_;
@@ -108,6 +132,9 @@ class head_decoder<favor_attention<T, FeatureMap, Sampler, Acc>> {
 
   [[nodiscard]] index_t position() const noexcept { return decoder_.position(); }
   void reset() { decoder_.reset(); }
+
+  /// As favor_decoder::prime: keys and values folded into the state without outputs.
+  void prime(const const_matrix_ref<T>& k, const const_matrix_ref<T>& v) { decoder_.prime(k, v); }
 
   /// As favor_decoder::step (the projection was copied from `a` at construction).
   void step(const attention_type& /*a*/, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
