@@ -3,7 +3,8 @@
 // same weights: with FAVOR+ random-feature attention, with exact softmax attention, and with
 // "flat" attention (every key weighted equally, q and k ignored: the yardstick an approximation
 // must beat). Per chain it prints the time and peak heap of the FAVOR+ and the exact pass, and
-// how far the FAVOR+ and the flat encodings are from the exact one.
+// how far the FAVOR+ and the flat encodings are from the exact one. With the io component,
+// --save-model writes the FAVOR+ encoder as a model file and --model runs one (README, Examples).
 //
 // Usage: performer_example_protein_encoder FILE.fa [options]   (--help lists them)
 // e.g. with Debian's hmmer-examples package (45 globins of about 150 residues):
@@ -48,11 +49,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -62,6 +65,10 @@
 #include <performer/testing/counting_allocator.hpp>
 
 #include "protein_input.hpp"
+#include "protein_stacks.hpp"
+#ifdef PERFORMER_EXAMPLES_WITH_IO  // examples/CMakeLists.txt: set when performer::io exists
+#include "protein_model_file.hpp"
+#endif
 
 namespace {
 
@@ -85,6 +92,8 @@ struct options {
   std::string exact = "materialized";
   std::size_t max_chains = 10;
   double max_diff = -1;  // < 0: no check
+  std::string model_file;  // --model: encode with this file's model instead
+  std::string save_model;  // --save-model: write the FAVOR+ encoder as a model file
 };
 
 void usage(std::ostream& out, const char* argv0) {
@@ -103,6 +112,11 @@ void usage(std::ostream& out, const char* argv0) {
       << "                    default) or tiled (online softmax: the same result in O(N) memory)\n"
       << "  --max C           encode at most C chains (default 10)\n"
       << "  --max-diff X      exit with status 1 if a FAVOR encoding is farther than X from exact\n"
+      << "  --save-model F    also save the FAVOR+ encoder (residue table, sinusoidal positions,\n"
+      << "                    blocks) as a model file with an amino-acid alphabet, reload it and\n"
+      << "                    check it encodes every chain bit for bit as the stack does\n"
+      << "  --model F         instead, encode the chains with model file F (docs/model_format.md),\n"
+      << "                    its alphabet mapping the residues; prints time, heap, fingerprints\n"
       << "  --help            this text\n";
 }
 
@@ -160,6 +174,10 @@ options parse(int argc, char** argv) {
       o.max_chains = static_cast<std::size_t>(count(arg, value(i), 1));
     } else if (arg == "--max-diff") {
       o.max_diff = number(arg, value(i));
+    } else if (arg == "--model") {
+      o.model_file = value(i);
+    } else if (arg == "--save-model") {
+      o.save_model = value(i);
     } else if (!arg.empty() && arg[0] == '-') {
       throw std::invalid_argument("unknown option " + arg);
     } else if (o.path.empty()) {
@@ -169,85 +187,20 @@ options parse(int argc, char** argv) {
     }
   }
   if (o.path.empty()) throw std::invalid_argument("no FASTA file given");
+#ifndef PERFORMER_EXAMPLES_WITH_IO
+  if (!o.model_file.empty() || !o.save_model.empty()) {
+    throw std::invalid_argument("--model and --save-model need the io component (performer::io, "
+                                "nlohmann-json), which this build lacks");
+  }
+#endif
+  if (!o.save_model.empty() && o.map != "positive") {
+    throw std::invalid_argument("--save-model: model files store FAVOR+ with positive features "
+                                "only (--map positive)");
+  }
   if (o.map == "hyperbolic" && o.features % 2 != 0) {
     throw std::invalid_argument("--map hyperbolic needs an even --features");
   }
   return o;
-}
-
-/// "Flat" attention: every visible key weighted equally, q and k ignored. A user-defined
-/// mechanism (it models performer::attention_mechanism) that serves as a yardstick: an
-/// approximation of exact attention is worth its cost only if it is much closer to exact than
-/// this is.
-struct flat_attention {
-  using scalar_type = T;
-  static constexpr bool supports_causal = false;
-  struct workspace_type {
-    performer::row_vector<T> mean;
-  };
-
-  void forward(const performer::const_matrix_ref<T>& q, const performer::const_matrix_ref<T>& k,
-               const performer::const_matrix_ref<T>& v, performer::matrix_ref<T> out,
-               const performer::attention_mask& mask, workspace_type& ws) const {
-    performer::check_attention_args<T>("flat_attention::forward", q, k, v, out, mask);
-    ws.mean = performer::row_vector<T>::Zero(v.cols());
-    index_t visible = 0;
-    for (index_t j = 0; j < v.rows(); ++j) {
-      if (mask.keeps(static_cast<std::size_t>(j))) {
-        ws.mean += v.row(j);
-        ++visible;
-      }
-    }
-    if (visible > 0) ws.mean /= static_cast<T>(visible);  // no visible key: zero rows
-    out.rowwise() = ws.mean;
-  }
-};
-static_assert(performer::attention_mechanism<flat_attention>);
-
-/// Multiplies W_q, b_q, W_k and b_k of every block by s (logits by s^2: a temperature 1/s^2).
-template <class Stack>
-void scale_qk(Stack& stack, double s) {
-  for (index_t l = 0; l < stack.layers(); ++l) {
-    auto p = stack.layer(l).parameters();
-    p.w_q *= static_cast<T>(s);
-    p.b_q *= static_cast<T>(s);
-    p.w_k *= static_cast<T>(s);
-    p.b_k *= static_cast<T>(s);
-    stack.layer(l).set_parameters(std::move(p));
-  }
-}
-
-/// Mean over heads and query-key pairs of |q~ + k~|^2 (q~ = q / d^(1/4)) at a block's input x:
-/// the exponent of FAVOR+'s variance (docs/algorithms.md 5.7). The pairs' mean is
-/// mean|q~|^2 + mean|k~|^2 + 2 mean(q~) . mean(k~), so it costs O(N d).
-template <class Block>
-double mean_variance_exponent(const Block& block, const matrix& x) {
-  const auto& p = block.parameters();
-  matrix normed(x.rows(), x.cols());  // LayerNorm with the block's gain and bias (pre-LN)
-  const auto eps = static_cast<T>(block.config().layer_norm_eps);
-  for (index_t i = 0; i < x.rows(); ++i) {
-    const auto row = x.row(i).array();
-    const T mean = row.mean();
-    const T var = (row - mean).square().mean();
-    normed.row(i) =
-        ((row - mean) / std::sqrt(var + eps) * p.norm1_gain.array() + p.norm1_bias.array())
-            .matrix();
-  }
-  matrix q = normed * p.w_q;
-  q.rowwise() += p.b_q;
-  matrix k = normed * p.w_k;
-  k.rowwise() += p.b_k;
-  const double inv_sqrt_d =
-      1.0 / std::sqrt(static_cast<double>(head_dim));  // |x~|^2 = |x|^2 / sqrt(d)
-  const auto n = static_cast<double>(x.rows());
-  double total = 0;
-  for (index_t h = 0; h < heads; ++h) {
-    const auto qh = q.middleCols(h * head_dim, head_dim).template cast<double>();
-    const auto kh = k.middleCols(h * head_dim, head_dim).template cast<double>();
-    const double cross = (qh.colwise().sum() / n).dot(kh.colwise().sum() / n);
-    total += (qh.squaredNorm() / n + kh.squaredNorm() / n + 2 * cross) * inv_sqrt_d;
-  }
-  return total / static_cast<double>(heads);
 }
 
 struct timed {
@@ -266,9 +219,12 @@ timed run(const Stack& stack, const matrix& x) {
   return r;
 }
 
+/// Called with each chain and its FAVOR encoding (--save-model's check); false fails the run.
+using chain_check = std::function<bool(const protein&, const matrix&)>;
+
 template <class Favor, class Exact>
 int encode(const options& o, const Favor& favor_stack, const Exact& exact_stack,
-           const std::string& label) {
+           const std::string& label, const chain_check& check) {
   const performer::block_config cfg{.d_model = d_model, .heads = heads};
   auto flat_stack =
       performer::transformer_stack<flat_attention>(cfg, o.layers, flat_attention{}, 7);
@@ -316,6 +272,7 @@ int encode(const options& o, const Favor& favor_stack, const Exact& exact_stack,
       std::cerr << "error: non-finite encoding of " << chains[c].name << "\n";
       return EXIT_FAILURE;
     }
+    if (check && !check(chains[c], f.y)) return EXIT_FAILURE;
     const double diff = (f.y - e.y).norm() / e.y.norm();
     const double flat = (y_flat - e.y).norm() / e.y.norm();
     worst = std::max(worst, diff);
@@ -357,7 +314,8 @@ int encode(const options& o, const Favor& favor_stack, const Exact& exact_stack,
 }
 
 template <class Favor>
-int with_exact(const options& o, const Favor& favor_stack, const std::string& label) {
+int with_exact(const options& o, const Favor& favor_stack, const std::string& label,
+               const chain_check& check = {}) {
   const performer::block_config cfg{.d_model = d_model, .heads = heads};
   const auto make_exact = [&]<class Exact>(Exact attention) {
     auto stack = performer::transformer_stack<Exact>(cfg, o.layers, attention, 7);
@@ -365,10 +323,27 @@ int with_exact(const options& o, const Favor& favor_stack, const std::string& la
     return stack;
   };
   if (o.exact == "materialized") {
-    return encode(o, favor_stack, make_exact(performer::softmax_attention<T>{}), label);
+    return encode(o, favor_stack, make_exact(performer::softmax_attention<T>{}), label, check);
   }
-  return encode(o, favor_stack, make_exact(performer::tiled_softmax_attention<T>{}), label);
+  return encode(o, favor_stack, make_exact(performer::tiled_softmax_attention<T>{}), label, check);
 }
+
+#ifdef PERFORMER_EXAMPLES_WITH_IO
+/// --save-model: the stack saved and reloaded; each chain's encoding by the reloaded model must
+/// equal the stack's bit for bit.
+template <class Stack>
+int save_and_encode(const options& o, const Stack& stack, const std::string& label) {
+  namespace pm = protein_model_file;
+  const auto loaded = pm::save_and_reload(stack, o.save_model, make_chains(read_fasta(o.path), o.concat));
+  std::vector<std::string> prints;
+  const int status = with_exact(o, stack, label, [&](const protein& chain, const matrix& y) {
+    return pm::same_encoding(loaded, chain, y, prints);
+  });
+  for (const auto& line : prints) std::cout << line << "\n";
+  if (status == EXIT_SUCCESS) std::cout << "reloaded model: every encoding bit-identical\n";
+  return status;
+}
+#endif
 
 /// Builds the FAVOR stack for o.map. Same root seed (7) as the other stacks, hence the same
 /// weights; each layer's random features come from that layer's seed.
@@ -380,6 +355,11 @@ int with_map(const options& o, index_t projections, const std::string& label) {
       cfg, o.layers,
       [&](index_t, std::uint64_t seed) { return favor(head_dim, projections, seed); }, 7);
   scale_qk(stack, o.qk_scale);
+#ifdef PERFORMER_EXAMPLES_WITH_IO
+  if constexpr (std::is_same_v<favor, performer::favor_attention<T>>) {
+    if (!o.save_model.empty()) return save_and_encode(o, stack, label);
+  }
+#endif
   return with_exact(o, stack, label);
 }
 
@@ -401,6 +381,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+#ifdef PERFORMER_EXAMPLES_WITH_IO
+    if (!o.model_file.empty()) {
+      return protein_model_file::encode_with_file(o.model_file, make_chains(read_fasta(o.path), o.concat),
+                                                  o.max_chains);
+    }
+#endif
     const std::string m = std::to_string(o.features);
     if (o.map == "hyperbolic") {
       return with_map<performer::hyperbolic_features<T>>(

@@ -1,5 +1,6 @@
 /// @file examples/protein_input.hpp
-/// @brief The protein_encoder example's input: FASTA records, chains of them, and the token
+/// @brief The protein_encoder example's input: FASTA records, chains of them, residues as token
+/// ids through an alphabet (also used by tools/run/performer_run --fasta), and the token
 /// embedding (a fixed table plus sinusoidal positions) a trained model would apply.
 #pragma once
 
@@ -10,6 +11,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <performer/core/types.hpp>
@@ -66,11 +68,51 @@ inline std::vector<protein> make_chains(const std::vector<protein>& records, std
   return chains;
 }
 
-/// Index of a residue in the 20 standard amino acids; 20 for anything else (X, B, Z, U, ...).
+/// The example's alphabet (the `alphabet` of its model files, docs/model_format.md): token i is
+/// the i-th character, the 20 standard amino acids, then X for any other residue.
+inline constexpr std::string_view amino_alphabet = "ACDEFGHIKLMNPQRSTVWYX";
+
+/// Index of a residue in the 20 standard amino acids; 20 (X) for anything else (B, Z, U, ...).
 inline int residue_index(char c) {
-  static const std::string alphabet = "ACDEFGHIKLMNPQRSTVWY";
-  const auto pos = alphabet.find(c);
-  return pos == std::string::npos ? 20 : static_cast<int>(pos);
+  const auto pos = amino_alphabet.substr(0, 20).find(c);
+  return pos == std::string_view::npos ? 20 : static_cast<int>(pos);
+}
+
+/// Throws std::runtime_error unless `alphabet` is non-empty, has no repeated character and at
+/// most `vocab` characters (a model may have tokens beyond its alphabet, never fewer).
+inline void check_alphabet(const std::string& alphabet, long long vocab) {
+  if (alphabet.empty()) throw std::runtime_error("the alphabet is empty");
+  for (std::size_t i = 0; i < alphabet.size(); ++i) {
+    if (alphabet.find(alphabet[i]) != i) {
+      throw std::runtime_error("the alphabet \"" + alphabet + "\" repeats '" +
+                               std::string(1, alphabet[i]) + "'");
+    }
+  }
+  if (static_cast<long long>(alphabet.size()) > vocab) {
+    throw std::runtime_error("the alphabet has " + std::to_string(alphabet.size()) +
+                             " characters but the model only " + std::to_string(vocab) +
+                             " tokens");
+  }
+}
+
+/// Token ids of a record's residues: token i is alphabet[i]. A residue the alphabet lacks
+/// becomes X when the alphabet has X (as the example's own embedding does for B, Z, U, ...);
+/// otherwise it is an error naming the record and the position (1-based).
+inline std::vector<std::int64_t> to_tokens(const protein& p, const std::string& alphabet) {
+  const auto unknown = alphabet.find('X');
+  std::vector<std::int64_t> out;
+  out.reserve(p.residues.size());
+  for (std::size_t i = 0; i < p.residues.size(); ++i) {
+    auto id = alphabet.find(p.residues[i]);
+    if (id == std::string::npos) id = unknown;
+    if (id == std::string::npos) {
+      throw std::runtime_error("record " + p.name + ": residue '" + std::string(1, p.residues[i]) +
+                               "' at position " + std::to_string(i + 1) +
+                               " is not in the alphabet \"" + alphabet + "\"");
+    }
+    out.push_back(static_cast<std::int64_t>(id));
+  }
+  return out;
 }
 
 /// A fixed token-embedding table, uniform in [-1, 1), as a trained model would load one.
@@ -90,21 +132,33 @@ performer::row_matrix<T> embedding_table(performer::index_t d_model) {
   return table;
 }
 
-/// Token embedding plus sinusoidal positions (Vaswani et al. 2017, section 3.5).
+/// Sinusoidal positions (Vaswani et al. 2017, section 3.5) for n tokens: row i holds
+/// sin(i / 10000^(c / d)) at even c and cos at c + 1, each rounded to T.
 template <class T>
-performer::row_matrix<T> embed(const std::string& residues, const performer::row_matrix<T>& table) {
+performer::row_matrix<T> positions(performer::index_t n, performer::index_t d_model) {
   using performer::index_t;
-  const index_t d_model = table.cols();
-  const auto n = static_cast<index_t>(residues.size());
-  performer::row_matrix<T> x(n, d_model);
+  performer::row_matrix<T> p(n, d_model);
   for (index_t i = 0; i < n; ++i) {
-    x.row(i) = table.row(residue_index(residues[static_cast<std::size_t>(i)]));
     for (index_t c = 0; c < d_model; c += 2) {
       const double angle = static_cast<double>(i) /
                            std::pow(10000.0, static_cast<double>(c) / static_cast<double>(d_model));
-      x(i, c) += static_cast<T>(std::sin(angle));
-      x(i, c + 1) += static_cast<T>(std::cos(angle));
+      p(i, c) = static_cast<T>(std::sin(angle));
+      p(i, c + 1) = static_cast<T>(std::cos(angle));
     }
+  }
+  return p;
+}
+
+/// Token embedding plus sinusoidal positions: one rounding per entry, as a transformer_model
+/// with `table` as token embedding and positions() as learned positions computes it (so the
+/// example's model files reproduce its encodings bit for bit).
+template <class T>
+performer::row_matrix<T> embed(const std::string& residues, const performer::row_matrix<T>& table) {
+  using performer::index_t;
+  const auto n = static_cast<index_t>(residues.size());
+  performer::row_matrix<T> x = positions<T>(n, table.cols());
+  for (index_t i = 0; i < n; ++i) {
+    x.row(i) = table.row(residue_index(residues[static_cast<std::size_t>(i)])) + x.row(i);
   }
   return x;
 }

@@ -1,0 +1,25 @@
+# Runs a command that must fail: its exit status must be STATUS and its stderr must match REGEX.
+# CTest alone checks one or the other (WILL_FAIL ignores the message, PASS_REGULAR_EXPRESSION the
+# status), and a crash must not pass for an error. Arguments:
+#   -DCOMMAND=program|arg|arg...  ("|" separates arguments: ";" would be split by add_test)
+#   -DSTATUS=1  -DREGEX=...  [-DSETUP=program|arg|...: run first, must succeed]
+foreach(_step IN ITEMS SETUP COMMAND)
+  if(NOT DEFINED ${_step})
+    continue()
+  endif()
+  string(REPLACE "|" ";" _cmd "${${_step}}")
+  execute_process(COMMAND ${_cmd} RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
+  if(_step STREQUAL "SETUP")
+    if(NOT _rc EQUAL 0)
+      message(FATAL_ERROR "setup failed (${_rc}): ${_cmd}\n${_out}${_err}")
+    endif()
+    continue()
+  endif()
+  message(STATUS "exit status: ${_rc}\nstderr: ${_err}")
+  if(NOT "${_rc}" STREQUAL "${STATUS}")
+    message(FATAL_ERROR "expected exit status ${STATUS}, got '${_rc}'")
+  endif()
+  if(NOT _err MATCHES "${REGEX}")
+    message(FATAL_ERROR "stderr does not match '${REGEX}'")
+  endif()
+endforeach()
