@@ -109,6 +109,21 @@ TEST(TransformerModel, SameSeedSameModelAndPartsFromTheirOwnSeeds) {
   EXPECT_TRUE(a.parameters().b_out.isZero(0));
 }
 
+// no_init: nothing runs until the weights are set, then the model is the one they describe.
+TEST(TransformerModel, NoInitThrowsUntilItsParametersAreSet) {
+  const model<double> seeded(small_config(true, 20, false), softmax_attention<double>{}, 3);
+  model<double> bare(small_config(true, 20, false), [](index_t) { return softmax_attention<double>{}; },
+                     no_init);
+  PERFORMER_EXPECT_INVALID("transformer_model::embed", "no parameters", (void)bare.forward(tokens));
+  bare.set_parameters(seeded.parameters());
+  PERFORMER_EXPECT_INVALID("transformer_block", "no parameters", (void)bare.forward(tokens));
+  auto s = bare.start_decoding();
+  row_matrix<double> logits(1, 11);
+  PERFORMER_EXPECT_INVALID("transformer_block", "no parameters", bare.step(1, logits, s));
+  for (index_t l = 0; l < 2; ++l) bare.stack().layer(l).set_parameters(seeded.stack().layer(l).parameters());
+  EXPECT_EQ(bare.forward(tokens), seeded.forward(tokens));
+}
+
 TEST(TransformerModelBadInput, ConstructorSettersAndForward) {
   const char* ctor = "transformer_model";
   auto cfg = small_config(false, 8, false);

@@ -110,9 +110,10 @@ template <storable_attention A>
                          "file)");
   check_tensors<Io>(f, m, who);
   const index_t head_dim = m.config.block.d_model / m.config.block.heads;
-  transformer_model<A> model(m.config, [&](index_t l) {
-    return Io::make(m.attention, head_dim, f, layer_prefix(l) + "attn.");
-  });
+  // no_init: the weights come from the file, so none is drawn first or held twice.
+  transformer_model<A> model(
+      m.config, [&](index_t l) { return Io::make(m.attention, head_dim, f, layer_prefix(l) + "attn."); },
+      no_init);
   for (index_t l = 0; l < m.config.layers; ++l) {
     const std::string p = layer_prefix(l);
     block_parameters<T> b;

@@ -9,6 +9,14 @@
 
 namespace performer {
 
+/// Constructor tag: leave the weights unset (empty) instead of drawing them, for a loader that
+/// replaces them all at once (set_parameters) and should neither pay for the draw nor hold two
+/// copies. Until then every forward pass and step throws.
+struct no_init_t {
+  explicit no_init_t() = default;
+};
+inline constexpr no_init_t no_init{};
+
 /// Shape and options of a transformer_block.
 struct block_config {
   index_t d_model = 0;       ///< model width; must be a positive multiple of `heads`

@@ -69,10 +69,7 @@ class transformer_block {
    * rotary, the head width is odd or rotary_base is not finite and greater than 1.
    */
   transformer_block(const block_config& config, Attention attention, std::uint64_t seed = 0)
-      : config_(validated(config)), attention_(std::move(attention)) {
-    if (config_.rotary) {
-      rope_.emplace(config_.d_model / config_.heads, config_.rotary_base, config_.rotary_pairs);
-    }
+      : transformer_block(config, std::move(attention), no_init) {
     using T = scalar_type;
     const index_t d = config_.d_model;
     const index_t f = config_.d_ff;
@@ -89,6 +86,14 @@ class transformer_block {
     params_.b_ff1 = row_vector<T>::Zero(f);
     params_.norm1_gain = row_vector<T>::Ones(d);
     params_.norm2_gain = row_vector<T>::Ones(d);
+  }
+
+  /// With no weights until set_parameters() (see no_init_t). @throws as above.
+  transformer_block(const block_config& config, Attention attention, no_init_t)
+      : config_(validated(config)), attention_(std::move(attention)) {
+    if (config_.rotary) {
+      rope_.emplace(config_.d_model / config_.heads, config_.rotary_base, config_.rotary_pairs);
+    }
   }
 
   [[nodiscard]] const block_config& config() const noexcept { return config_; }
@@ -340,6 +345,8 @@ class transformer_block {
     using T = scalar_type;
     const index_t n = x.rows();
     const index_t d = config_.d_model;
+    PERFORMER_PRECONDITION(params_.w_q.rows() == d, "transformer_block: no parameters (built "
+                           "with no_init and set_parameters() not called yet)");
     const T eps = static_cast<T>(config_.layer_norm_eps);
     const bool pre = config_.norm == norm_placement::pre;
     ws.normed.resize(n, d);

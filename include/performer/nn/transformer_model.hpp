@@ -95,6 +95,18 @@ class transformer_model {
   transformer_model(const model_config& config, const Attention& attention, std::uint64_t seed = 0)
       : transformer_model(config, [&attention](index_t) { return attention; }, seed) {}
 
+  /**
+   * @brief Every weight left unset (see no_init_t): the model's own until set_parameters(), each
+   * layer's until its set_parameters(); the final LayerNorm starts as the identity. For
+   * loaders (io::load_model): no draw to pay for, no second copy while loading.
+   */
+  template <class Make>
+    requires std::is_invocable_r_v<Attention, Make&, index_t, std::uint64_t> ||
+             std::is_invocable_r_v<Attention, Make&, index_t>
+  transformer_model(const model_config& config, Make make_attention, no_init_t)
+      : config_(validated(config)),
+        stack_(config.block, config.layers, std::move(make_attention), no_init) {}
+
   [[nodiscard]] const model_config& config() const noexcept { return config_; }
   [[nodiscard]] index_t d_model() const noexcept { return stack_.layer(0).config().d_model; }
   [[nodiscard]] const stack_type& stack() const noexcept { return stack_; }
@@ -254,6 +266,9 @@ class transformer_model {
   /// row = E[token] (+ P[position]).
   template <class Row>
   void embed_token(const char* who, std::int64_t token, index_t position, Row&& row) const {
+    PERFORMER_PRECONDITION(params_.token_embedding.rows() == config_.vocab, who,
+                           ": no parameters (built with no_init and set_parameters() not called "
+                           "yet)");
     PERFORMER_PRECONDITION(token >= 0 && token < config_.vocab, who, ": token ", position, " is ",
                            token, ", outside [0, ", config_.vocab, ")");
     row = params_.token_embedding.row(static_cast<index_t>(token));

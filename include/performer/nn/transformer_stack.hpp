@@ -60,19 +60,16 @@ class transformer_stack {
              std::is_invocable_r_v<Attention, Make&, index_t>
   transformer_stack(const block_config& config, index_t layers, Make make_attention,
                     std::uint64_t seed = 0) {
-    PERFORMER_PRECONDITION(layers > 0, "transformer_stack: layers must be positive (got ", layers,
-                           ")");
-    blocks_.reserve(static_cast<std::size_t>(layers));
-    for (index_t l = 0; l < layers; ++l) {
-      const std::uint64_t s = layer_seed(seed, l);
-      if constexpr (std::is_invocable_r_v<Attention, Make&, index_t, std::uint64_t>) {
-        blocks_.emplace_back(config, make_attention(l, detail::derive_seed(s, 1)), s);
-      } else {
-        blocks_.emplace_back(config, make_attention(l), s);
-      }
-    }
-    final_gain_ = row_vector<scalar_type>::Ones(blocks_.front().config().d_model);
-    final_bias_ = row_vector<scalar_type>::Zero(blocks_.front().config().d_model);
+    build(config, layers, make_attention, seed, [](std::uint64_t s) { return s; });
+  }
+
+  /// Every layer's weights left unset until its set_parameters() (see no_init_t); mechanisms
+  /// still get the seeds of seed 0's tree. The final LayerNorm starts as the identity.
+  template <class Make>
+    requires std::is_invocable_r_v<Attention, Make&, index_t, std::uint64_t> ||
+             std::is_invocable_r_v<Attention, Make&, index_t>
+  transformer_stack(const block_config& config, index_t layers, Make make_attention, no_init_t) {
+    build(config, layers, make_attention, 0, [](std::uint64_t) { return no_init; });
   }
 
   /// Same mechanism (copied) in every layer.
@@ -192,6 +189,25 @@ class transformer_stack {
   }
 
  private:
+  /// The layers, each block constructed with init(its seed): the seed or no_init.
+  template <class Make, class Init>
+  void build(const block_config& config, index_t layers, Make& make_attention, std::uint64_t seed,
+             Init init) {
+    PERFORMER_PRECONDITION(layers > 0, "transformer_stack: layers must be positive (got ", layers,
+                           ")");
+    blocks_.reserve(static_cast<std::size_t>(layers));
+    for (index_t l = 0; l < layers; ++l) {
+      const std::uint64_t s = layer_seed(seed, l);
+      if constexpr (std::is_invocable_r_v<Attention, Make&, index_t, std::uint64_t>) {
+        blocks_.emplace_back(config, make_attention(l, detail::derive_seed(s, 1)), init(s));
+      } else {
+        blocks_.emplace_back(config, make_attention(l), init(s));
+      }
+    }
+    final_gain_ = row_vector<scalar_type>::Ones(blocks_.front().config().d_model);
+    final_bias_ = row_vector<scalar_type>::Zero(blocks_.front().config().d_model);
+  }
+
   /// y = LayerNorm(y) with the final gain and bias, in the pre-LN arrangement only.
   void final_norm(const char* who, matrix_ref<scalar_type> y, row_matrix<scalar_type>& scratch) const {
     const auto& cfg = blocks_.front().config();
