@@ -1,6 +1,6 @@
 # performer_check_subproject(<performer source dir>)
 # Fails the consumer's configure if performer, added as a subproject, defined anything beyond its
-# library target: test, benchmark, example or docs targets, subdirectories, or compile options
+# library target (and the io component's, when nlohmann-json is found): test, benchmark, example or docs targets, subdirectories, or compile options
 # on the interface target.
 function(performer_check_subproject source_dir)
   if(NOT TARGET performer::performer)
@@ -11,9 +11,15 @@ function(performer_check_subproject source_dir)
       message(FATAL_ERROR "performer leaked its target '${_target}' into a consumer")
     endif()
   endforeach()
+  # The library, and its optional model I/O component when nlohmann-json is found (a subproject
+  # consumer may link performer::io too).
+  set(_expected "performer")
+  if(TARGET performer::io)
+    set(_expected "performer;performer_io")
+  endif()
   get_property(_targets DIRECTORY "${source_dir}" PROPERTY BUILDSYSTEM_TARGETS)
-  if(NOT _targets STREQUAL "performer")
-    message(FATAL_ERROR "performer defined targets '${_targets}' in a consumer, expected only 'performer'")
+  if(NOT _targets STREQUAL _expected)
+    message(FATAL_ERROR "performer defined targets '${_targets}' in a consumer, expected only '${_expected}'")
   endif()
   get_property(_subdirs DIRECTORY "${source_dir}" PROPERTY SUBDIRECTORIES)
   if(_subdirs)
@@ -31,5 +37,5 @@ function(performer_check_subproject source_dir)
       message(FATAL_ERROR "performer::performer leaks ${_property}: ${_value}")
     endif()
   endforeach()
-  message(STATUS "performer added as a subproject: only the performer target, no tests or install rules")
+  message(STATUS "performer added as a subproject: only ${_expected}, no tests or install rules")
 endfunction()
