@@ -92,10 +92,8 @@ void decode_step(benchmark::State& state) {
   const row_matrix<float> k = uniform(context, head_dim, 5) * 0.2F;
   const row_matrix<float> v = uniform(context, head_dim, 6);
   for (auto& layer : s.stack.layers) {
-    for (auto& head : layer.heads) head.prime(k, v);
-    layer.position = context;
+    for (auto& head : layer.heads) head.prime(k, v);  // the positions follow the heads
   }
-  s.position = context;
   row_matrix<float> logits(1, 32);
   std::int64_t token = 0;
   for (auto _ : state) {

@@ -243,12 +243,15 @@ class transformer_block {
     }
   }
 
-  /// Streaming state of step(): each head's decoder, scratch rows and the position.
+  /// Streaming state of step(): each head's decoder and scratch rows.
   struct decoder_state {
     std::vector<head_decoder<Attention>> heads;
     workspace_type ws;
-    index_t position = 0;
     bool failed = false;  ///< a step threw part-way: the heads may disagree on the context
+    /// Tokens stepped so far: the heads count them.
+    [[nodiscard]] index_t position() const noexcept {
+      return heads.empty() ? 0 : heads.front().position();
+    }
   };
 
   /**
@@ -266,7 +269,7 @@ class transformer_block {
 
   /**
    * @brief Causal decoding, one token at a time: y is the causal forward's output for the
-   * token x at position s.position, given the tokens stepped before it; then the position
+   * token x at position s.position(), given the tokens stepped before it; then the position
    * advances. Each head carries its own state (head_decoder): FAVOR+'s is constant in the
    * context, exact attention's is a key/value cache.
    * @param x, y 1 x d_model, not overlapping. @param s from start_decoding() of this block.
@@ -290,8 +293,9 @@ class transformer_block {
     require_finite(who, "x", x);
     sublayers(x, y, s.ws, [&] {
       if (rope_) {
-        rope_->apply(s.ws.q, s.position);
-        rope_->apply(s.ws.k, s.position);
+        const index_t position = s.position();
+        rope_->apply(s.ws.q, position);
+        rope_->apply(s.ws.k, position);
       }
       const index_t dh = d / config_.heads;
       try {
@@ -306,7 +310,6 @@ class transformer_block {
         throw;
       }
     });
-    ++s.position;
     require_finite_result(who, y);
   }
 

@@ -198,14 +198,17 @@ class transformer_model {
   struct decoder_state {
     typename stack_type::decoder_state stack;
     row_matrix<scalar_type> embedded, hidden;
-    index_t position = 0;
+    /// Tokens stepped so far: the layers count them.
+    [[nodiscard]] index_t position() const noexcept {
+      return stack.layers.empty() ? 0 : stack.layers.front().position();
+    }
   };
 
   /// A fresh state (position 0). @throws as transformer_block::start_decoding (LSH attention
   /// has no step-by-step decoding).
   [[nodiscard]] decoder_state start_decoding() const {
     decoder_state s{stack_.start_decoding(), row_matrix<scalar_type>(1, d_model()),
-                    row_matrix<scalar_type>(1, d_model()), 0};
+                    row_matrix<scalar_type>(1, d_model())};
     return s;
   }
 
@@ -221,12 +224,12 @@ class transformer_model {
     constexpr const char* who = "transformer_model::step";
     PERFORMER_PRECONDITION(logits.rows() == 1 && logits.cols() == config_.vocab, who,
                            ": logits is ", detail::shape(logits), ", expected 1x", config_.vocab);
-    PERFORMER_PRECONDITION(config_.max_positions == 0 || s.position < config_.max_positions, who,
-                           ": position ", s.position, " but the model has positions for ",
+    const index_t position = s.position();
+    PERFORMER_PRECONDITION(config_.max_positions == 0 || position < config_.max_positions, who,
+                           ": position ", position, " but the model has positions for ",
                            config_.max_positions);
-    embed_token(who, token, s.position, s.embedded.row(0));
+    embed_token(who, token, position, s.embedded.row(0));
     stack_.step(s.embedded, s.hidden, s.stack);
-    ++s.position;
     head(who, s.hidden, logits);
   }
 
