@@ -1,6 +1,6 @@
 // FAVOR as the typed suites make it (every feature map, blockings that cut the suites' short
-// sequences into ragged blocks, chunks and segments), and the explicit instantiations of the
-// family's class templates (instantiations.cpp compiles them once).
+// sequences into ragged blocks, chunks and segments). The class templates they use are compiled
+// once for all test executables (support/instantiations.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -22,6 +22,8 @@
 #include <performer/testing/extreme_reference.hpp>
 #include <performer/testing/helpers.hpp>
 
+#include "support/instantiations.hpp"
+
 namespace performer::test {
 template <class T>
 using favor_mixed = favor_attention<T, positive_features<T>, orthogonal_sampler, double>;
@@ -36,21 +38,6 @@ using favor_elu = favor_attention<T, elu_features<T>>;
 template <class T>
 using favor_pp = favor_attention<T, favor_plus_plus_features<T>>;
 }  // namespace performer::test
-
-extern template class performer::favor_attention<float>;
-extern template class performer::favor_attention<double>;
-extern template class performer::favor_attention<float, performer::positive_features<float>,
-                                                 performer::orthogonal_sampler, double>;
-extern template class performer::favor_attention<float, performer::hyperbolic_features<float>>;
-extern template class performer::favor_attention<double, performer::hyperbolic_features<double>>;
-extern template class performer::favor_attention<float, performer::trigonometric_features<float>>;
-extern template class performer::favor_attention<double, performer::relu_features<double>,
-                                                 performer::gaussian_sampler>;
-extern template class performer::favor_attention<double, performer::elu_features<double>>;
-extern template class performer::favor_attention<double, performer::favor_plus_plus_features<double>>;
-extern template class performer::favor_attention<float, performer::favor_plus_plus_features<float>>;
-extern template class performer::favor_decoder<float>;
-extern template class performer::favor_decoder<double>;
 
 namespace performer::test {
 

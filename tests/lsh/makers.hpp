@@ -1,5 +1,5 @@
-// LSH as the typed suites make it, and the explicit instantiations of the family's class
-// templates (instantiations.cpp compiles them once).
+// LSH as the typed suites make it (its class templates are compiled once for all test
+// executables: support/instantiations.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -11,11 +11,7 @@
 #include <performer/lsh/lsh_attention.hpp>
 #include <performer/testing/extreme_reference.hpp>
 
-extern template class performer::angular_hash<float>;
-extern template class performer::angular_hash<double>;
-extern template class performer::lsh_attention<float>;
-extern template class performer::lsh_attention<double>;
-extern template class performer::lsh_attention<float, performer::sign_projection_hash<float>>;
+#include "support/instantiations.hpp"
 
 namespace performer::test {
 

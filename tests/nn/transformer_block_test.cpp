@@ -14,7 +14,7 @@
 #include <performer/testing/helpers.hpp>
 #include <performer/testing/oracle.hpp>
 
-#include "nn/instantiations.hpp"
+#include "support/instantiations.hpp"
 
 #include "window_attention.hpp"
 

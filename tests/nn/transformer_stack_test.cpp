@@ -15,7 +15,7 @@
 #include <performer/testing/helpers.hpp>
 #include <performer/testing/oracle.hpp>
 
-#include "nn/instantiations.hpp"
+#include "support/instantiations.hpp"
 
 // Named as well as anonymous: the unity build compiles several test files as one.
 namespace nn_transformer_stack_test {

@@ -1,5 +1,5 @@
-// The exact mechanisms as the typed suites make them, and their explicit instantiations
-// (instantiations.cpp compiles them once; every other file of this family links to them).
+// The exact mechanisms as the typed suites make them (compiled once for all test executables:
+// support/instantiations.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -9,10 +9,7 @@
 #include <performer/softmax/tiled_softmax_attention.hpp>
 #include <performer/testing/extreme_reference.hpp>
 
-extern template class performer::softmax_attention<float>;
-extern template class performer::softmax_attention<double>;
-extern template class performer::tiled_softmax_attention<float>;
-extern template class performer::tiled_softmax_attention<double>;
+#include "support/instantiations.hpp"
 
 namespace performer::test {
 

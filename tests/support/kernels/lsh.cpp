@@ -1,6 +1,7 @@
-// The LSH class templates compiled once for the whole family's tests (makers.hpp declares them
-// extern elsewhere).
-#include "lsh/makers.hpp"
+// Explicit instantiation definitions for the test executables (support/instantiations.hpp
+// declares them extern for every test body), one share of them per file so that the build
+// compiles the shares in parallel.
+#include "support/instantiations.hpp"
 
 template class performer::angular_hash<float>;
 template class performer::angular_hash<double>;

@@ -1,0 +1,12 @@
+// Explicit instantiation definitions for the test executables (support/instantiations.hpp
+// declares them extern for every test body), one share of them per file so that the build
+// compiles the shares in parallel.
+#include "support/instantiations.hpp"
+
+template class performer::favor_attention<float>;
+template class performer::favor_attention<float, performer::positive_features<float>,
+                                          performer::orthogonal_sampler, double>;
+template class performer::favor_attention<float, performer::hyperbolic_features<float>>;
+template class performer::favor_attention<float, performer::trigonometric_features<float>>;
+template class performer::favor_attention<float, performer::favor_plus_plus_features<float>>;
+template class performer::favor_decoder<float>;
