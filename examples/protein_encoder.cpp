@@ -64,6 +64,7 @@
 #include <performer/performer.hpp>
 #include <performer/testing/counting_allocator.hpp>
 
+#include "command_line.hpp"
 #include "protein_input.hpp"
 #include "protein_stacks.hpp"
 #ifdef PERFORMER_EXAMPLES_WITH_IO  // examples/CMakeLists.txt: set when performer::io exists
@@ -123,30 +124,12 @@ void usage(std::ostream& out, const char* argv0) {
 /// Parses the command line; throws std::invalid_argument with a message on a bad one.
 options parse(int argc, char** argv) {
   options o;
-  const auto value = [&](int& i) -> std::string {
-    if (i + 1 >= argc) throw std::invalid_argument(std::string(argv[i]) + " needs a value");
-    return argv[++i];
-  };
-  const auto number = [](const std::string& flag, const std::string& text) {
-    std::size_t used = 0;
-    double x = 0;
-    try {
-      x = std::stod(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != text.size() || !std::isfinite(x)) {
-      throw std::invalid_argument(flag + " needs a number, got '" + text + "'");
-    }
-    return x;
-  };
-  const auto count = [&](const std::string& flag, const std::string& text, double min) {
-    const double x = number(flag, text);
-    if (x < min || x != std::floor(x) || x > 1e9) {
-      throw std::invalid_argument(flag + " needs a whole number >= " +
-                                  std::to_string(static_cast<int>(min)) + ", got '" + text + "'");
-    }
-    return static_cast<index_t>(x);
+  using reader = command_line::reader<std::invalid_argument>;
+  const reader args(argc, argv);
+  const auto value = [&](int& i) { return args.value(i); };
+  const auto number = &reader::number;
+  const auto count = [](const std::string& flag, const std::string& text, double min) {
+    return static_cast<index_t>(reader::whole(flag, text, min, 1e9));
   };
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];

@@ -9,12 +9,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <iterator>
 #include <sstream>
 #include <type_traits>
 #include <stdexcept>
@@ -22,7 +19,6 @@
 #include <variant>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <performer/io.hpp>
 #include <performer/performer.hpp>
 #include <performer/testing/counting_allocator.hpp>
@@ -49,35 +45,6 @@ inline std::string hex(std::uint64_t x) {
   std::ostringstream os;
   os << "0x" << std::hex << std::setw(16) << std::setfill('0') << x;
   return os.str();
-}
-
-/// Adds `key` = `value` to the `__metadata__` of a safetensors file. save_model writes only the
-/// format's own keys, so the alphabet is added afterwards: the header is rewritten (padded to
-/// a multiple of 8 as the writer does) and the data copied unchanged, as its offsets count from
-/// the end of the header.
-inline void add_metadata(const std::filesystem::path& path, const std::string& key,
-                         const std::string& value) {
-  std::ifstream in(path, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::uint64_t length = 0;
-  if (bytes.size() < 8) throw std::runtime_error(path.string() + ": not a safetensors file");
-  std::memcpy(&length, bytes.data(), 8);  // little-endian, as the io component requires
-  if (length > bytes.size() - 8) throw std::runtime_error(path.string() + ": bad header length");
-  nlohmann::json header = nlohmann::json::parse(bytes.substr(8, length));
-  header["__metadata__"][key] = value;
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
-  const std::uint64_t new_length = text.size();
-  std::filesystem::path partial = path;
-  partial += ".partial";
-  {
-    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(&new_length), 8);
-    out << text;
-    out.write(bytes.data() + 8 + length, static_cast<std::streamsize>(bytes.size() - 8 - length));
-    if (!out.flush()) throw std::runtime_error(partial.string() + ": write failed");
-  }
-  std::filesystem::rename(partial, path);
 }
 
 /// The example's FAVOR+ encoder as one transformer_model: the stack's layers, mechanisms and
@@ -112,8 +79,9 @@ auto save_and_reload(const Stack& stack, const std::string& path,
   std::size_t longest = 4096;
   for (const auto& c : chains) longest = std::max(longest, c.residues.size());
   const auto table = protein_input::embedding_table<T>(stack.layer(0).config().d_model);
-  performer::io::save_model(as_model(stack, table, static_cast<index_t>(longest)), path);
-  add_metadata(path, "alphabet", std::string(protein_input::amino_alphabet));
+  performer::io::save_model(as_model(stack, table, static_cast<index_t>(longest)), path,
+                            performer::io::dtype::f32,
+                            {{"alphabet", std::string(protein_input::amino_alphabet)}});
   std::cout << "saved the FAVOR+ encoder to " << path << " (alphabet "
             << protein_input::amino_alphabet << ", positions for " << longest
             << " residues) and reloaded it\n";

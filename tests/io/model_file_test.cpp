@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <performer/io/model_file.hpp>
+#include <performer/testing/expect_invalid.hpp>
 #include <performer/testing/helpers.hpp>
 
 #include "io/models.hpp"
@@ -161,6 +162,26 @@ TEST(ModelFile, ReadModelConfig) {
   cfg.block.d_ff = 0;
   io::save_model(transformer_model<softmax_attention<float>>(cfg, softmax_attention<float>{}), path);
   EXPECT_EQ(io::read_model_config(path).config.block.d_ff, 64);
+}
+
+// The caller's metadata entries are stored beside the format's and read back; the format's own
+// keys are refused.
+TEST(ModelFile, CallerMetadataIsStoredAndTheFormatsKeysAreRefused) {
+  const temp_dir dir;
+  const auto path = dir.file("meta.safetensors");
+  const transformer_model<softmax_attention<float>> m(small_model(0), softmax_attention<float>{}, 3);
+  io::save_model(m, path, io::dtype::f32, {{"alphabet", "ACDEFGHIKLMNP"}, {"note", "a \"quoted\" note"}});
+  const io::safetensors_file f(path);
+  EXPECT_EQ(f.metadata().at("alphabet"), "ACDEFGHIKLMNP");
+  EXPECT_EQ(f.metadata().at("note"), "a \"quoted\" note");
+  EXPECT_EQ(f.metadata().at("format_version"), io::model_format_version);
+  const auto back = io::load_model<softmax_attention<float>>(path);
+  const std::vector<std::int64_t> tokens{1, 5, 12};
+  EXPECT_EQ(back.forward(tokens), m.forward(tokens));
+  for (const char* key : {"format", "format_version", "config"}) {
+    PERFORMER_EXPECT_INVALID("save_model", std::string("the metadata key \"") + key + "\" is the format's own",
+                             io::save_model(m, path, io::dtype::f32, {{key, "x"}}));
+  }
 }
 
 // The names, shapes and metadata keys of docs/model_format.md, written out for one small model.

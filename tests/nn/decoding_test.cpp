@@ -173,6 +173,26 @@ TEST(Generation, GreedyIsTheArgmaxOfTheForwardPass) {
   EXPECT_TRUE(m.generate(prompt, 0).empty());
 }
 
+// The callback sees each token as it is picked, in order, and stops the generation early.
+TEST(Generation, TheCallbackSeesEveryTokenAndCanStop) {
+  const transformer_model<favor_attention<float>> m(lm_config(true, 0), favor_attention<float>(8, 16, 3), 7);
+  const std::vector<std::int64_t> prompt{5, 1};
+  const sampling_options hot{.temperature = 1.5, .seed = 4};
+  const auto full = m.generate(prompt, 12, hot);
+  std::vector<std::int64_t> seen;
+  std::vector<index_t> at;
+  const auto all = m.generate(prompt, 12, hot, [&](std::int64_t t, index_t i) {
+    seen.push_back(t);
+    at.push_back(i);
+    return true;
+  });
+  EXPECT_EQ(all, full);
+  EXPECT_EQ(seen, full);
+  for (std::size_t i = 0; i < at.size(); ++i) EXPECT_EQ(at[i], static_cast<index_t>(i));
+  const auto first5 = m.generate(prompt, 12, hot, [](std::int64_t, index_t i) { return i < 4; });
+  EXPECT_EQ(first5, std::vector<std::int64_t>(full.begin(), full.begin() + 5));
+}
+
 TEST(Generation, SamplingIsSeededAndFollowsTheSoftmax) {
   const transformer_model<favor_attention<double>> m(lm_config(false, 0), favor_attention<double>(8, 16, 2), 5);
   const std::vector<std::int64_t> prompt{1, 2, 3};

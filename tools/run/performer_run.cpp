@@ -148,11 +148,21 @@ void generate_all(const run::options& o, const Model& model, const input& in,
   all.reserve(b * static_cast<std::size_t>(count));
   run::progress bar(o.progress);
   const auto t0 = std::chrono::steady_clock::now();
+  // The status line moves as tokens come, in tenths of the count (a log gets ten lines per
+  // sequence, not one per token).
+  const performer::index_t every = std::max<performer::index_t>(1, count / 10);
   for (std::size_t r = 0; r < b; ++r) {
-    bar.update("generating " + std::to_string(count) + " tokens after sequence " +
-               std::to_string(r + 1) + " of " + std::to_string(b));
-    const std::vector<std::int64_t> ids =
-        model.generate(in.rows[r], count, {.temperature = o.temperature, .seed = o.seed});
+    const std::string where = "sequence " + std::to_string(r + 1) + " of " + std::to_string(b);
+    bar.update("generating after " + where + ": token 0 of " + std::to_string(count));
+    const std::vector<std::int64_t> ids = model.generate(
+        in.rows[r], count, {.temperature = o.temperature, .seed = o.seed},
+        [&](std::int64_t, performer::index_t i) {
+          if ((i + 1) % every == 0 || i + 1 == count) {
+            bar.update("generating after " + where + ": token " + std::to_string(i + 1) + " of " +
+                       std::to_string(count));
+          }
+          return true;
+        });
     bar.finish();
     // One line per sequence: its ids, and with an alphabet the residues they stand for.
     if (!in.names.empty()) std::cout << in.names[r] << ": ";

@@ -11,6 +11,8 @@
 
 #include <unistd.h>  // isatty: progress only on a terminal unless asked for
 
+#include "command_line.hpp"  // examples/: option values
+
 namespace run {
 
 /// A bad command line: performer_run prints it with a pointer to --help and exits with 2.
@@ -66,31 +68,10 @@ inline void usage(std::ostream& out) {
 /// Parses the command line. @throws usage_error naming the problem.
 inline options parse(int argc, char** argv) {
   options o;
-  const auto value = [&](int& i) -> std::string {
-    if (i + 1 >= argc) throw usage_error(std::string(argv[i]) + " needs a value");
-    return argv[++i];
-  };
-  const auto number = [](const std::string& flag, const std::string& text) {
-    std::size_t used = 0;
-    double x = 0;
-    try {
-      x = std::stod(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != text.size() || !std::isfinite(x)) {
-      throw usage_error(flag + " needs a number, got '" + text + "'");
-    }
-    return x;
-  };
-  const auto whole = [&](const std::string& flag, const std::string& text, double min, double max) {
-    const double x = number(flag, text);
-    if (x < min || x > max || x != std::floor(x)) {
-      throw usage_error(flag + " needs a whole number in [" + std::to_string(static_cast<long long>(min)) +
-                        ", " + std::to_string(static_cast<long long>(max)) + "], got '" + text + "'");
-    }
-    return static_cast<long long>(x);
-  };
+  const command_line::reader<usage_error> args(argc, argv);
+  const auto value = [&](int& i) { return args.value(i); };
+  const auto number = &command_line::reader<usage_error>::number;
+  const auto whole = &command_line::reader<usage_error>::whole;
   int positional = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <utility>
 #include <variant>
@@ -177,14 +178,25 @@ template <storable_attention A>
  * BF16 rounds every weight to 8 significant bits. The tensors are written straight from the
  * model's matrices (transposed block by block), so saving needs O(1) extra memory beyond the
  * LSH rotations.
+ * `metadata` adds the caller's own string entries to `__metadata__` (an `alphabet`, a
+ * tokenizer's name, provenance); load_model ignores them and safetensors_file::metadata() reads
+ * them back.
  * @throws performer::invalid_argument as describe_model, safetensors_writer (the file cannot be
- * written; a value beyond the range of `type`), or if `type` is not F32, F64 or BF16.
+ * written; a value beyond the range of `type`), if `type` is not F32, F64 or BF16, or if a
+ * `metadata` key is one the format writes itself (format, format_version, config).
  */
 template <storable_attention A>
 void save_model(const transformer_model<A>& model, const std::filesystem::path& path,
-                dtype type = default_dtype<typename A::scalar_type>) {
+                dtype type = default_dtype<typename A::scalar_type>,
+                const std::map<std::string, std::string>& metadata = {}) {
+  for (const auto& [key, value] : metadata) {
+    PERFORMER_PRECONDITION(key != "format" && key != "format_version" && key != "config",
+                           "save_model: the metadata key \"", key,
+                           "\" is the format's own; choose another name");
+  }
   const model_description m = describe_model(model);
   safetensors_writer w(type);
+  for (const auto& [key, value] : metadata) w.set_metadata(key, value);
   w.set_metadata("format", std::string(model_format_name));
   w.set_metadata("format_version", std::string(model_format_version));
   w.set_metadata("config", detail::config_json(m).dump());

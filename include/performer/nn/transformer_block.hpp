@@ -20,6 +20,7 @@
 #include "../random/detail/generator.hpp"
 #include "batched_attention.hpp"
 #include "block_config.hpp"
+#include "detail/feed_forward.hpp"
 #include "head_decoder.hpp"
 #include "layers.hpp"
 #include "rotary_embedding.hpp"
@@ -56,11 +57,7 @@ class transformer_block {
   /// Scratch memory of forward(); reuse it across calls of the same shapes.
   struct workspace_type {
     row_matrix<scalar_type> normed, q, k, v, context;
-    /// One thread's feed-forward scratch: a row block normalised, and its d_ff activations.
-    struct ffn_lane {
-      row_matrix<scalar_type> normed, hidden;
-    };
-    std::vector<ffn_lane> ffn;
+    std::vector<detail::ffn_lane<scalar_type>> ffn;  ///< one feed-forward scratch per thread
     typename Attention::workspace_type attention;
     batched_workspace<Attention> batch;  ///< forward_batch's
   };
@@ -323,8 +320,6 @@ class transformer_block {
   }
 
  private:
-  static constexpr index_t ffn_rows = 256;
-
   static block_config validated(block_config c) {
     constexpr const char* who = "transformer_block";
     PERFORMER_PRECONDITION(c.d_model > 0, who, ": d_model must be positive (got ", c.d_model, ")");
@@ -380,50 +375,7 @@ class transformer_block {
       detail::layer_norm(y, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
       y = ws.normed;
     }
-    feed_forward(y, ws);
-  }
-
-  /// y += FFN(norm(y)) in row blocks, so the N x d_ff activation never exists at once. The
-  /// blocks run in parallel, each with one thread's scratch and single-threaded products (Eigen
-  /// does not split a product inside a parallel region), so every bit is the same on any
-  /// thread count.
-  void feed_forward(matrix_ref<scalar_type> y, workspace_type& ws) const {
-    using T = scalar_type;
-    const index_t n = y.rows();
-    const T eps = static_cast<T>(config_.layer_norm_eps);
-    const bool pre = config_.norm == norm_placement::pre;
-    const index_t blocks = (n + ffn_rows - 1) / ffn_rows;
-    const auto lanes = static_cast<std::size_t>(detail::lanes_for(blocks));
-    if (ws.ffn.size() < lanes) ws.ffn.resize(lanes);
-    // Buffers of min(B, N) rows: the same size on every call of the same N, so a warm call
-    // allocates nothing whichever lane gets the short last block.
-    const index_t cap = std::min(ffn_rows, n);
-    detail::parallel_for(blocks, [&](index_t b, index_t lane) {
-      auto& scratch = ws.ffn[static_cast<std::size_t>(lane)];
-      if (scratch.normed.rows() != cap) {
-        scratch.normed.resize(cap, config_.d_model);
-        scratch.hidden.resize(cap, config_.d_ff);
-      }
-      const index_t r0 = b * ffn_rows;
-      const index_t rows = std::min(ffn_rows, n - r0);
-      auto block = y.middleRows(r0, rows);
-      auto normed = scratch.normed.topRows(rows);
-      auto hidden = scratch.hidden.topRows(rows);
-      if (pre) {
-        detail::layer_norm(block, params_.norm2_gain, params_.norm2_bias, eps, normed);
-      } else {
-        normed = block;
-      }
-      hidden.noalias() = normed * params_.w_ff1;
-      hidden.rowwise() += params_.b_ff1;
-      detail::apply_activation<T>(config_.ffn_activation, hidden);
-      block.noalias() += hidden * params_.w_ff2;
-      block.rowwise() += params_.b_ff2;
-      if (!pre) {
-        detail::layer_norm(block, params_.norm2_gain, params_.norm2_bias, eps, normed);
-        block = normed;
-      }
-    });
+    detail::feed_forward(config_, params_, y, ws.ffn);
   }
 
   block_config config_;

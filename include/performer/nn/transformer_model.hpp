@@ -236,6 +236,9 @@ class transformer_model {
   /**
    * @brief A causal language model's continuation: steps through the prompt, then picks `count`
    * tokens one at a time (greedy or sampled, see sampling_options), each fed back in.
+   * Time O(L (P + count) d_model (d_model + d_ff) + (P + count) d_model vocab) with FAVOR+
+   * (P the prompt's length), plus the key/value cache's O(L (P + count)^2 d_model) with exact
+   * attention.
    * @return the `count` new tokens (not the prompt).
    * @throws performer::invalid_argument on an empty prompt, a negative count, a bad sampling
    * option, prompt and continuation longer than max_positions (with learned positions), or as
@@ -244,6 +247,21 @@ class transformer_model {
   [[nodiscard]] std::vector<std::int64_t> generate(std::span<const std::int64_t> prompt,
                                                    index_t count,
                                                    const sampling_options& sampling = {}) const {
+    return generate(prompt, count, sampling, [](std::int64_t, index_t) { return true; });
+  }
+
+  /**
+   * @brief generate() that hands each new token to `on_token(token, i)` (i from 0) as soon as it
+   * is picked, for streaming output or progress; generation stops early, after that token, when
+   * `on_token` returns false (an end-of-sequence token, say).
+   * @return the tokens picked, `count` of them unless `on_token` stopped it.
+   * @throws as generate(), and whatever `on_token` throws.
+   */
+  template <class OnToken>
+    requires std::is_invocable_r_v<bool, OnToken&, std::int64_t, index_t>
+  [[nodiscard]] std::vector<std::int64_t> generate(std::span<const std::int64_t> prompt,
+                                                   index_t count, const sampling_options& sampling,
+                                                   OnToken&& on_token) const {
     constexpr const char* who = "transformer_model::generate";
     PERFORMER_PRECONDITION(!prompt.empty(), who, ": empty prompt");
     PERFORMER_PRECONDITION(count >= 0, who, ": count must be >= 0 (got ", count, ")");
@@ -260,6 +278,7 @@ class transformer_model {
     out.reserve(static_cast<std::size_t>(count));
     for (index_t i = 0; i < count; ++i) {
       out.push_back(detail::sample_token(logits, sampling.temperature, rng));
+      if (!on_token(out.back(), i)) break;
       if (i + 1 < count) step(out.back(), logits, s);
     }
     return out;
