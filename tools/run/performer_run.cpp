@@ -152,15 +152,16 @@ void generate_all(const run::options& o, const Model& model, const input& in,
   // sequence, not one per token).
   const performer::index_t every = std::max<performer::index_t>(1, count / 10);
   for (std::size_t r = 0; r < b; ++r) {
-    const std::string where = "sequence " + std::to_string(r + 1) + " of " + std::to_string(b);
-    bar.update("generating after " + where + ": token 0 of " + std::to_string(count));
+    const auto status = [&](performer::index_t done) {
+      bar.update("generating after sequence " + std::to_string(r + 1) + " of " +
+                 std::to_string(b) + ": token " + std::to_string(done) + " of " +
+                 std::to_string(count));
+    };
+    status(0);
     const std::vector<std::int64_t> ids = model.generate(
         in.rows[r], count, {.temperature = o.temperature, .seed = o.seed},
         [&](std::int64_t, performer::index_t i) {
-          if ((i + 1) % every == 0 || i + 1 == count) {
-            bar.update("generating after " + where + ": token " + std::to_string(i + 1) + " of " +
-                       std::to_string(count));
-          }
+          if ((i + 1) % every == 0 || i + 1 == count) status(i + 1);
           return true;
         });
     bar.finish();

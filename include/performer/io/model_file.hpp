@@ -189,14 +189,14 @@ template <storable_attention A>
 void save_model(const transformer_model<A>& model, const std::filesystem::path& path,
                 dtype type = default_dtype<typename A::scalar_type>,
                 const std::map<std::string, std::string>& metadata = {}) {
+  const model_description m = describe_model(model);
+  safetensors_writer w(type);
   for (const auto& [key, value] : metadata) {
     PERFORMER_PRECONDITION(key != "format" && key != "format_version" && key != "config",
                            "save_model: the metadata key \"", key,
                            "\" is the format's own; choose another name");
+    w.set_metadata(key, value);
   }
-  const model_description m = describe_model(model);
-  safetensors_writer w(type);
-  for (const auto& [key, value] : metadata) w.set_metadata(key, value);
   w.set_metadata("format", std::string(model_format_name));
   w.set_metadata("format_version", std::string(model_format_version));
   w.set_metadata("config", detail::config_json(m).dump());
