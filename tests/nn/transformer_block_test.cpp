@@ -16,6 +16,7 @@
 
 #include "support/instantiations.hpp"
 
+#include "nn/block_reference.hpp"
 #include "window_attention.hpp"
 
 // Named as well as anonymous: the unity build compiles several test files as one.
@@ -28,72 +29,9 @@ using performer::row_matrix;
 using performer::transformer_block;
 using performer::conformance::random_matrix;
 using performer::conformance::relative_difference;
-
-/// LayerNorm of the oracle library (long double sums), here at double's precision.
-template <class G, class B>
-row_matrix<double> layer_norm_ref(const row_matrix<double>& x, const G& gain, const B& bias, double eps) {
-  return performer::oracle::layer_norm(x, gain, bias, eps);
-}
-
-/// The block written out directly from its definition, in double, with naive attention.
-template <class P>
-row_matrix<double> block_ref(const block_config& cfg, const P& p, const row_matrix<double>& x,
-                             const std::vector<std::uint8_t>& keep = {}) {
-  const auto d = [](const auto& m) { return m.template cast<double>().eval(); };
-  const index_t dh = cfg.d_model / cfg.heads;
-  const bool pre = cfg.norm == performer::norm_placement::pre;
-  const auto attn_sub = [&](const row_matrix<double>& h) {
-    row_matrix<double> q = (h * d(p.w_q)).rowwise() + d(p.b_q);
-    row_matrix<double> k = (h * d(p.w_k)).rowwise() + d(p.b_k);
-    if (cfg.rotary) {
-      const bool interleaved = cfg.rotary_pairs == performer::rotary_pairing::interleaved;
-      q = performer::oracle::rotary(q, dh, cfg.rotary_base, interleaved);
-      k = performer::oracle::rotary(k, dh, cfg.rotary_base, interleaved);
-    }
-    row_matrix<double> v = (h * d(p.w_v)).rowwise() + d(p.b_v);
-    row_matrix<double> ctx(h.rows(), cfg.d_model);
-    for (index_t head = 0; head < cfg.heads; ++head) {
-      ctx.middleCols(head * dh, dh) = performer::oracle::softmax_attention(
-          q.middleCols(head * dh, dh), k.middleCols(head * dh, dh), v.middleCols(head * dh, dh),
-          performer::attention_mask{cfg.causal, keep});
-    }
-    return row_matrix<double>((ctx * d(p.w_o)).rowwise() + d(p.b_o));
-  };
-  const auto ffn_sub = [&](const row_matrix<double>& h) {
-    row_matrix<double> a = (h * d(p.w_ff1)).rowwise() + d(p.b_ff1);
-    for (index_t i = 0; i < a.rows(); ++i) {
-      for (index_t c = 0; c < a.cols(); ++c) {
-        const double z = a(i, c);
-        a(i, c) = cfg.ffn_activation == performer::activation::relu
-                      ? std::max(z, 0.0)
-                      : 0.5 * z * (1.0 + std::erf(z / std::sqrt(2.0)));
-      }
-    }
-    return row_matrix<double>((a * d(p.w_ff2)).rowwise() + d(p.b_ff2));
-  };
-  const double eps = cfg.layer_norm_eps;
-  if (pre) {
-    row_matrix<double> y = x + attn_sub(layer_norm_ref(x, d(p.norm1_gain), d(p.norm1_bias), eps));
-    return y + ffn_sub(layer_norm_ref(y, d(p.norm2_gain), d(p.norm2_bias), eps));
-  }
-  row_matrix<double> y = layer_norm_ref(x + attn_sub(x), d(p.norm1_gain), d(p.norm1_bias), eps);
-  return layer_norm_ref(y + ffn_sub(y), d(p.norm2_gain), d(p.norm2_bias), eps);
-}
-
-/// Non-trivial biases and gains, so the reference comparison exercises every parameter.
-template <class Block>
-void randomise_parameters(Block& block, std::uint64_t seed) {
-  using T = typename Block::scalar_type;
-  auto p = block.parameters();
-  std::uint64_t s = seed;
-  for (auto* v : {&p.b_q, &p.b_k, &p.b_v, &p.b_o, &p.norm1_bias, &p.norm2_bias, &p.b_ff1, &p.b_ff2}) {
-    *v = random_matrix<T>(1, v->cols(), ++s, 0.1);
-  }
-  for (auto* g : {&p.norm1_gain, &p.norm2_gain}) {
-    *g = random_matrix<T>(1, g->cols(), ++s, 0.2).array() + T(1);
-  }
-  block.set_parameters(p);
-}
+using performer::test::block_ref;
+using performer::test::layer_norm_ref;
+using performer::test::randomise_parameters;
 
 template <class T>
 struct block_case : ::testing::Test {};

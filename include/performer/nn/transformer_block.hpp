@@ -20,6 +20,8 @@
 #include "../random/detail/generator.hpp"
 #include "batched_attention.hpp"
 #include "block_config.hpp"
+#include "detail/block_checks.hpp"
+#include "detail/cross_attention.hpp"
 #include "detail/feed_forward.hpp"
 #include "head_decoder.hpp"
 #include "layers.hpp"
@@ -38,9 +40,17 @@ namespace performer {
  * With `rotary`, q and k are rotated by their positions (rotary_embedding) before the mechanism
  * sees them.
  *
+ * With `cross_attention` (a decoder block of an encoder-decoder), a third sublayer between the
+ * two attends from the tokens to the encoder's output, the memory (M x d_model), through the same
+ * mechanism: pre-LN y = y + MHA_c(LN3(y), memory), post-LN y = LN3(y + MHA_c(y, memory)). Its
+ * keys and values are memory W_ck + b_ck and memory W_cv + b_cv; it is never causal and never
+ * rotary. Such a block runs only through the overloads that take the memory.
+ *
  * Complexity for N tokens, width D, F = d_ff, h heads: time O(N D^2 + N D F) for the
  * projections plus h times the mechanism's cost at head width D/h; workspace O(N D) plus the
  * mechanism's workspace plus O(B F) for the feed-forward, which runs in row blocks of B = 256.
+ * Cross-attention adds O(M D^2) for the memory's projections, h times the mechanism's cost for
+ * N queries over M keys, and O(M D) of workspace.
  *
  * forward() is const and keeps no state: one block can be shared by threads, each passing its
  * own workspace.
@@ -57,6 +67,7 @@ class transformer_block {
   /// Scratch memory of forward(); reuse it across calls of the same shapes.
   struct workspace_type {
     row_matrix<scalar_type> normed, q, k, v, context;
+    row_matrix<scalar_type> memory_k, memory_v;  ///< cross-attention's keys and values
     std::vector<detail::ffn_lane<scalar_type>> ffn;  ///< one feed-forward scratch per thread
     typename Attention::workspace_type attention;
     batched_workspace<Attention> batch;  ///< forward_batch's
@@ -69,31 +80,22 @@ class transformer_block {
    * biases, unit LayerNorm gains): the same seed gives the same bits on every platform.
    * @throws performer::invalid_argument if d_model or heads is not positive, heads does not
    * divide d_model, d_ff is negative, layer_norm_eps is not positive and finite, or, with
-   * rotary, the head width is odd or rotary_base is not finite and greater than 1.
+   * rotary, the head width is odd or rotary_base is not finite and greater than 1, or, with
+   * cross-attention, the mechanism is shared-QK (LSH's default).
    */
   transformer_block(const block_config& config, Attention attention, std::uint64_t seed = 0)
       : transformer_block(config, std::move(attention), no_init) {
-    using T = scalar_type;
-    const index_t d = config_.d_model;
-    const index_t f = config_.d_ff;
-    detail::xoshiro256ss rng(seed);
-    for (auto* w : {&params_.w_q, &params_.w_k, &params_.w_v, &params_.w_o}) {
-      detail::fill_uniform(*w, d, d, rng);
-    }
-    detail::fill_uniform(params_.w_ff1, d, f, rng);
-    detail::fill_uniform(params_.w_ff2, f, d, rng);
-    for (auto* b : {&params_.b_q, &params_.b_k, &params_.b_v, &params_.b_o, &params_.norm1_bias,
-                    &params_.norm2_bias, &params_.b_ff2}) {
-      *b = row_vector<T>::Zero(d);
-    }
-    params_.b_ff1 = row_vector<T>::Zero(f);
-    params_.norm1_gain = row_vector<T>::Ones(d);
-    params_.norm2_gain = row_vector<T>::Ones(d);
+    params_ = detail::drawn_parameters<scalar_type>(config_, seed);
   }
 
   /// With no weights until set_parameters() (see no_init_t). @throws as above.
   transformer_block(const block_config& config, Attention attention, no_init_t)
-      : config_(validated(config)), attention_(std::move(attention)) {
+      : config_(detail::validated(config)), attention_(std::move(attention)) {
+    if constexpr (requires { attention_.options().shared_qk; }) {
+      PERFORMER_PRECONDITION(!config_.cross_attention || !attention_.options().shared_qk,
+                             "transformer_block: a shared-QK mechanism cannot attend to a memory "
+                             "(its keys are its queries); use separate keys (shared_qk = false)");
+    }
     if (config_.rotary) {
       rope_.emplace(config_.d_model / config_.heads, config_.rotary_base, config_.rotary_pairs);
     }
@@ -108,30 +110,11 @@ class transformer_block {
   /**
    * @brief Replaces all parameters (e.g. trained weights).
    * @throws performer::invalid_argument naming the first parameter whose shape differs from the
-   * config or which holds a non-finite value.
+   * config or which holds a non-finite value, or a cross-attention parameter given to a block
+   * without cross-attention.
    */
   void set_parameters(parameters_type p) {
-    const index_t d = config_.d_model;
-    const index_t f = config_.d_ff;
-    const auto check = [](const char* name, const auto& m, index_t rows, index_t cols) {
-      detail::require_parameter("transformer_block::set_parameters", name, m, rows, cols);
-    };
-    check("w_q", p.w_q, d, d);
-    check("w_k", p.w_k, d, d);
-    check("w_v", p.w_v, d, d);
-    check("w_o", p.w_o, d, d);
-    check("b_q", p.b_q, 1, d);
-    check("b_k", p.b_k, 1, d);
-    check("b_v", p.b_v, 1, d);
-    check("b_o", p.b_o, 1, d);
-    check("norm1_gain", p.norm1_gain, 1, d);
-    check("norm1_bias", p.norm1_bias, 1, d);
-    check("norm2_gain", p.norm2_gain, 1, d);
-    check("norm2_bias", p.norm2_bias, 1, d);
-    check("w_ff1", p.w_ff1, d, f);
-    check("b_ff1", p.b_ff1, 1, f);
-    check("w_ff2", p.w_ff2, f, d);
-    check("b_ff2", p.b_ff2, 1, d);
+    detail::check_parameters(config_, p);
     params_ = std::move(p);
   }
 
@@ -152,33 +135,47 @@ class transformer_block {
   /// block as an encoder and as a decoder).
   void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
                std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const {
+    forward(x, detail::no_memory<scalar_type>(), y, key_mask, {}, ws, causal);
+  }
+
+  /**
+   * @brief y = block(x, memory) for a block with cross-attention (as above otherwise).
+   * @param memory M x d_model, the encoder's output; may overlap x but not y.
+   * @param memory_mask empty, or M entries (0 = a padded memory token, never attended).
+   * @throws performer::invalid_argument as above, and on an empty or non-finite memory, a width
+   * other than d_model, a memory mask of the wrong length, memory overlapping y, or a memory
+   * given to a block without cross-attention (or none to one with it).
+   */
+  void forward(const const_matrix_ref<scalar_type>& x, const const_matrix_ref<scalar_type>& memory,
+               matrix_ref<scalar_type> y, std::span<const std::uint8_t> key_mask,
+               std::span<const std::uint8_t> memory_mask, workspace_type& ws) const {
+    forward(x, memory, y, key_mask, memory_mask, ws, config_.causal);
+  }
+
+  /// As above, causal or bidirectional for this call (the self-attention; never the memory's).
+  void forward(const const_matrix_ref<scalar_type>& x, const const_matrix_ref<scalar_type>& memory,
+               matrix_ref<scalar_type> y, std::span<const std::uint8_t> key_mask,
+               std::span<const std::uint8_t> memory_mask, workspace_type& ws, bool causal) const {
     constexpr const char* who = "transformer_block::forward";
-    const index_t n = x.rows();
-    const index_t d = config_.d_model;
-    PERFORMER_PRECONDITION(n > 0, who, ": empty sequence (x is ", detail::shape(x), ")");
-    PERFORMER_PRECONDITION(x.cols() == d, who, ": x is ", detail::shape(x),
-                           " but d_model is ", d);
-    PERFORMER_PRECONDITION(y.rows() == n && y.cols() == d, who, ": y is ", detail::shape(y),
-                           ", expected ", n, "x", d);
-    PERFORMER_PRECONDITION(key_mask.empty() || key_mask.size() == static_cast<std::size_t>(n),
-                           who, ": key_mask has ", key_mask.size(), " entries, expected ", n,
-                           " (one per token) or none");
-    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
-    require_finite(who, "x", x);
-    sublayers(x, y, ws, [&] {
-      if (rope_) {
-        rope_->apply(ws.q);
-        rope_->apply(ws.k);
-      }
-      const attention_mask mask{causal, key_mask};
-      const index_t dh = d / config_.heads;
-      for (index_t head = 0; head < config_.heads; ++head) {
-        const index_t c0 = head * dh;
-        attention_.forward(ws.q.middleCols(c0, dh), ws.k.middleCols(c0, dh),
-                           ws.v.middleCols(c0, dh), ws.context.middleCols(c0, dh), mask,
-                           ws.attention);
-      }
-    });
+    detail::check_sequence(who, config_.d_model, x, y, key_mask);
+    detail::check_memory(who, config_, memory, 1, {}, memory_mask);
+    PERFORMER_PRECONDITION(!detail::overlaps(memory, y), who, ": y overlaps memory");
+    const index_t h = config_.heads;
+    sublayers(
+        x, y, ws,
+        [&] {
+          if (rope_) {
+            rope_->apply(ws.q);
+            rope_->apply(ws.k);
+          }
+          detail::attend_heads(attention_, h, ws.q, ws.k, ws.v, ws.context, {causal, key_mask},
+                               ws.attention);
+        },
+        [&] {
+          detail::project_memory(params_, memory, ws.memory_k, ws.memory_v);
+          detail::attend_heads(attention_, h, ws.q, ws.memory_k, ws.memory_v, ws.context,
+                               {false, memory_mask}, ws.attention);
+        });
     require_finite_result(who, y);
   }
 
@@ -205,38 +202,64 @@ class transformer_block {
   void forward_batch(const const_matrix_ref<scalar_type>& x, index_t batch,
                      matrix_ref<scalar_type> y, std::span<const index_t> lengths,
                      workspace_type& ws, bool causal) const {
+    forward_batch(x, batch, detail::no_memory<scalar_type>(), y, lengths, {}, ws, causal);
+  }
+
+  /**
+   * @brief As above for a block with cross-attention: sequence b attends to rows b M .. b M + M
+   * - 1 of memory (B M x d_model, [B, M, d_model]), of which the first memory_lengths[b] are
+   * real (all when memory_lengths is empty).
+   * @throws performer::invalid_argument as above, and on memory rows not a positive multiple of
+   * batch, a width other than d_model, memory overlapping y, bad memory_lengths, non-finite real
+   * memory tokens, or a memory given to a block without cross-attention (or none to one with it).
+   */
+  void forward_batch(const const_matrix_ref<scalar_type>& x, index_t batch,
+                     const const_matrix_ref<scalar_type>& memory, matrix_ref<scalar_type> y,
+                     std::span<const index_t> lengths, std::span<const index_t> memory_lengths,
+                     workspace_type& ws) const {
+    forward_batch(x, batch, memory, y, lengths, memory_lengths, ws, config_.causal);
+  }
+
+  /// As above, causal or bidirectional for this call (the self-attention; never the memory's).
+  void forward_batch(const const_matrix_ref<scalar_type>& x, index_t batch,
+                     const const_matrix_ref<scalar_type>& memory, matrix_ref<scalar_type> y,
+                     std::span<const index_t> lengths, std::span<const index_t> memory_lengths,
+                     workspace_type& ws, bool causal) const {
     constexpr const char* who = "transformer_block::forward_batch";
     const index_t d = config_.d_model;
-    PERFORMER_PRECONDITION(batch > 0 && x.rows() > 0 && x.rows() % batch == 0, who, ": x is ",
-                           detail::shape(x), ", not a positive multiple of ", batch,
-                           " sequences of equal length");
-    const index_t n = x.rows() / batch;
-    PERFORMER_PRECONDITION(x.cols() == d, who, ": x is ", detail::shape(x), " but d_model is ", d);
-    PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == d, who, ": y is ",
-                           detail::shape(y), ", expected ", x.rows(), "x", d);
-    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
-    detail::check_lengths(who, "lengths", lengths, batch, n);
-    const auto length = [&](index_t b) { return detail::length_of(lengths, b, n); };
-    for (index_t b = 0; b < batch; ++b) require_finite(who, "x", x.middleRows(b * n, length(b)));
-    sublayers(x, y, ws, [&] {
-      if (rope_) {
-        for (index_t b = 0; b < batch; ++b) {
-          rope_->apply(ws.q.middleRows(b * n, n));
-          rope_->apply(ws.k.middleRows(b * n, n));
-        }
-      }
-      using T = scalar_type;
-      const index_t h = config_.heads;
-      const index_t dh = d / h;
+    const index_t n = detail::check_batch(who, d, x, batch, y, lengths);
+    detail::check_memory(who, config_, memory, batch, memory_lengths, {});
+    PERFORMER_PRECONDITION(!detail::overlaps(memory, y), who, ": y overlaps memory");
+    const index_t m = memory.rows() / batch;
+    using T = scalar_type;
+    const index_t h = config_.heads;
+    const index_t dh = d / h;
+    const auto heads = [&](const row_matrix<T>& k, const row_matrix<T>& v, index_t n_k,
+                           const batch_mask& mask) {
       batched_attention(attention_, bnhd_view<const T>(ws.q.data(), batch, n, h, dh),
-                        bnhd_view<const T>(ws.k.data(), batch, n, h, dh),
-                        bnhd_view<const T>(ws.v.data(), batch, n, h, dh),
-                        bnhd_view(ws.context.data(), batch, n, h, dh),
-                        batch_mask::padded(lengths, causal), ws.batch);
-    });
+                        bnhd_view<const T>(k.data(), batch, n_k, h, dh),
+                        bnhd_view<const T>(v.data(), batch, n_k, h, dh),
+                        bnhd_view(ws.context.data(), batch, n, h, dh), mask, ws.batch);
+    };
+    sublayers(
+        x, y, ws,
+        [&] {
+          if (rope_) {
+            for (index_t b = 0; b < batch; ++b) {
+              rope_->apply(ws.q.middleRows(b * n, n));
+              rope_->apply(ws.k.middleRows(b * n, n));
+            }
+          }
+          heads(ws.k, ws.v, n, batch_mask::padded(lengths, causal));
+        },
+        [&] {
+          detail::project_memory(params_, memory, ws.memory_k, ws.memory_v);
+          heads(ws.memory_k, ws.memory_v, m, {false, lengths, memory_lengths, {}});
+        });
     for (index_t b = 0; b < batch; ++b) {
-      y.middleRows(b * n + length(b), n - length(b)).setZero();
-      require_finite_result(who, y.middleRows(b * n, length(b)));
+      const index_t real = detail::length_of(lengths, b, n);
+      y.middleRows(b * n + real, n - real).setZero();
+      require_finite_result(who, y.middleRows(b * n, real));
     }
   }
 
@@ -244,6 +267,9 @@ class transformer_block {
   struct decoder_state {
     std::vector<head_decoder<Attention>> heads;
     workspace_type ws;
+    /// Cross-attention's memory keys and values, projected once; its mask.
+    row_matrix<scalar_type> memory_k, memory_v;
+    std::vector<std::uint8_t> memory_mask;
     bool failed = false;  ///< a step threw part-way: the heads may disagree on the context
     /// Tokens stepped so far: the heads count them.
     [[nodiscard]] index_t position() const noexcept {
@@ -254,11 +280,29 @@ class transformer_block {
   /**
    * @brief A fresh streaming state for step() (position 0).
    * @throws performer::invalid_argument if the mechanism has no step-by-step decoding
-   * (head_decoder: LSH attention).
+   * (head_decoder: LSH attention), or the block has cross-attention (pass the memory).
    */
   [[nodiscard]] decoder_state start_decoding() const {
+    return start_decoding(detail::no_memory<scalar_type>(), {});
+  }
+
+  /**
+   * @brief As above for a block with cross-attention: the memory's keys and values are projected
+   * once, here, and every step attends to them (a step's cross-attention costs the mechanism's
+   * price for one query over M keys, whatever the position).
+   * @throws performer::invalid_argument as above, and as forward() for the memory and its mask.
+   */
+  [[nodiscard]] decoder_state start_decoding(const const_matrix_ref<scalar_type>& memory,
+                                             std::span<const std::uint8_t> memory_mask) const {
+    constexpr const char* who = "transformer_block::start_decoding";
     const index_t dh = config_.d_model / config_.heads;
     decoder_state s;
+    detail::check_memory(who, config_, memory, 1, {}, memory_mask);
+    if (config_.cross_attention) {
+      PERFORMER_PRECONDITION(params_.w_ck.rows() == config_.d_model, who, no_parameters);
+      detail::project_memory(params_, memory, s.memory_k, s.memory_v);
+      s.memory_mask.assign(memory_mask.begin(), memory_mask.end());
+    }
     s.heads.reserve(static_cast<std::size_t>(config_.heads));
     for (index_t h = 0; h < config_.heads; ++h) s.heads.emplace_back(attention_, dh, dh);
     return s;
@@ -288,25 +332,39 @@ class transformer_block {
     PERFORMER_PRECONDITION(!s.failed, who,
                            ": an earlier step failed part-way; start a new state");
     require_finite(who, "x", x);
-    sublayers(x, y, s.ws, [&] {
-      if (rope_) {
-        const index_t position = s.position();
-        rope_->apply(s.ws.q, position);
-        rope_->apply(s.ws.k, position);
-      }
-      const index_t dh = d / config_.heads;
+    const index_t dh = d / config_.heads;
+    // A throw after the heads took the token leaves the state part-way.
+    const auto guarded = [&s](auto&& f) {
       try {
-        for (index_t h = 0; h < config_.heads; ++h) {
-          const index_t c0 = h * dh;
-          s.heads[static_cast<std::size_t>(h)].step(
-              attention_, s.ws.q.middleCols(c0, dh), s.ws.k.middleCols(c0, dh),
-              s.ws.v.middleCols(c0, dh), s.ws.context.middleCols(c0, dh));
-        }
+        f();
       } catch (...) {
         s.failed = true;
         throw;
       }
-    });
+    };
+    sublayers(
+        x, y, s.ws,
+        [&] {
+          if (rope_) {
+            const index_t position = s.position();
+            rope_->apply(s.ws.q, position);
+            rope_->apply(s.ws.k, position);
+          }
+          guarded([&] {
+            for (index_t h = 0; h < config_.heads; ++h) {
+              const index_t c0 = h * dh;
+              s.heads[static_cast<std::size_t>(h)].step(
+                  attention_, s.ws.q.middleCols(c0, dh), s.ws.k.middleCols(c0, dh),
+                  s.ws.v.middleCols(c0, dh), s.ws.context.middleCols(c0, dh));
+            }
+          });
+        },
+        [&] {
+          guarded([&] {
+            detail::attend_heads(attention_, config_.heads, s.ws.q, s.memory_k, s.memory_v,
+                                 s.ws.context, {false, s.memory_mask}, s.ws.attention);
+          });
+        });
     require_finite_result(who, y);
   }
 
@@ -320,37 +378,20 @@ class transformer_block {
   }
 
  private:
-  static block_config validated(block_config c) {
-    constexpr const char* who = "transformer_block";
-    PERFORMER_PRECONDITION(c.d_model > 0, who, ": d_model must be positive (got ", c.d_model, ")");
-    PERFORMER_PRECONDITION(c.heads > 0, who, ": heads must be positive (got ", c.heads, ")");
-    PERFORMER_PRECONDITION(c.d_model % c.heads == 0, who, ": heads (", c.heads,
-                           ") does not divide d_model (", c.d_model, ")");
-    PERFORMER_PRECONDITION(c.d_ff >= 0, who, ": d_ff must be >= 0 (got ", c.d_ff, ")");
-    PERFORMER_PRECONDITION(std::isfinite(c.layer_norm_eps) && c.layer_norm_eps > 0, who,
-                           ": layer_norm_eps must be positive and finite (got ",
-                           c.layer_norm_eps, ")");
-    PERFORMER_PRECONDITION(!c.rotary || (c.d_model / c.heads) % 2 == 0, who,
-                           ": rotary embedding needs an even head width (d_model / heads = ",
-                           c.d_model / c.heads, ")");
-    PERFORMER_PRECONDITION(!c.rotary || (std::isfinite(c.rotary_base) && c.rotary_base > 1.0), who,
-                           ": rotary_base must be finite and greater than 1 (got ", c.rotary_base,
-                           ")");
-    if (c.d_ff == 0) c.d_ff = 4 * c.d_model;
-    return c;
-  }
+  static constexpr const char* no_parameters =
+      ": no parameters (built with no_init and set_parameters() not called yet)";
 
   /// The block around its attention: LayerNorm, the q/k/v projections of every row,
   /// `attend()` (which fills ws.context from ws.q, ws.k, ws.v), the output projection, the
-  /// residuals and the feed-forward sublayer.
-  template <class Attend>
+  /// residuals, with cross-attention its sublayer (`attend_memory()` fills ws.context from the
+  /// cross queries in ws.q), and the feed-forward sublayer.
+  template <class Attend, class AttendMemory>
   void sublayers(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
-                 workspace_type& ws, Attend&& attend) const {
+                 workspace_type& ws, Attend&& attend, AttendMemory&& attend_memory) const {
     using T = scalar_type;
     const index_t n = x.rows();
     const index_t d = config_.d_model;
-    PERFORMER_PRECONDITION(params_.w_q.rows() == d, "transformer_block: no parameters (built "
-                           "with no_init and set_parameters() not called yet)");
+    PERFORMER_PRECONDITION(params_.w_q.rows() == d, "transformer_block", no_parameters);
     const T eps = static_cast<T>(config_.layer_norm_eps);
     const bool pre = config_.norm == norm_placement::pre;
     ws.normed.resize(n, d);
@@ -374,6 +415,9 @@ class transformer_block {
     if (!pre) {
       detail::layer_norm(y, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
       y = ws.normed;
+    }
+    if (config_.cross_attention) {
+      detail::cross_sublayer(params_, pre, eps, y, ws.normed, ws.q, ws.context, attend_memory);
     }
     detail::feed_forward(config_, params_, y, ws.ffn);
   }

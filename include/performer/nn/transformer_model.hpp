@@ -70,7 +70,7 @@ class transformer_model {
    * @param config shapes and options. @param make_attention as transformer_stack's (a callable
    * of the layer and its mechanism seed, or of the layer alone). @param seed see the class.
    * @throws performer::invalid_argument if vocab or layers is not positive, max_positions is
-   * negative, or as transformer_stack.
+   * negative, the blocks have cross-attention, or as transformer_stack.
    */
   template <class Make>
     requires std::is_invocable_r_v<Attention, Make&, index_t, std::uint64_t> ||
@@ -314,6 +314,10 @@ class transformer_model {
     PERFORMER_PRECONDITION(c.vocab > 0, who, ": vocab must be positive (got ", c.vocab, ")");
     PERFORMER_PRECONDITION(c.max_positions >= 0, who, ": max_positions must be >= 0 (got ",
                            c.max_positions, ")");
+    // An encoder or a decoder-only model has no encoder memory to attend to.
+    PERFORMER_PRECONDITION(!c.block.cross_attention, who,
+                           ": cross-attention blocks need an encoder's memory, which a model has "
+                           "not; run them through transformer_stack");
     return c;  // layers and the block config: checked by transformer_stack
   }
 

@@ -116,6 +116,21 @@ class transformer_stack {
   /// As above, causal or bidirectional for this call whatever the config says.
   void forward(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
                std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const {
+    forward(x, detail::no_memory<scalar_type>(), y, key_mask, {}, ws, causal);
+  }
+
+  /// For blocks with cross-attention: every layer attends to the same memory (the encoder's
+  /// output, M x d_model) with its mask. Same contract as the block's.
+  void forward(const const_matrix_ref<scalar_type>& x, const const_matrix_ref<scalar_type>& memory,
+               matrix_ref<scalar_type> y, std::span<const std::uint8_t> key_mask,
+               std::span<const std::uint8_t> memory_mask, workspace_type& ws) const {
+    forward(x, memory, y, key_mask, memory_mask, ws, blocks_.front().config().causal);
+  }
+
+  /// As above, causal or bidirectional for this call (the self-attention; never the memory's).
+  void forward(const const_matrix_ref<scalar_type>& x, const const_matrix_ref<scalar_type>& memory,
+               matrix_ref<scalar_type> y, std::span<const std::uint8_t> key_mask,
+               std::span<const std::uint8_t> memory_mask, workspace_type& ws, bool causal) const {
     constexpr const char* who = "transformer_stack::forward";
     // Checked here: with an even number of layers no block sees x and y together.
     PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == x.cols(), who, ": y is ",
@@ -124,13 +139,13 @@ class transformer_stack {
     ws.buffer.resize(x.rows(), x.cols());
     // Layer l writes into y when (layers - l) is odd, so that the last layer writes y.
     bool into_y = blocks_.size() % 2 == 1;
-    blocks_.front().forward(x, into_y ? y : matrix_ref<scalar_type>(ws.buffer), key_mask,
-                            ws.block, causal);
+    blocks_.front().forward(x, memory, into_y ? y : matrix_ref<scalar_type>(ws.buffer), key_mask,
+                            memory_mask, ws.block, causal);
     for (std::size_t l = 1; l < blocks_.size(); ++l) {
       if (into_y) {
-        blocks_[l].forward(y, ws.buffer, key_mask, ws.block, causal);
+        blocks_[l].forward(y, memory, ws.buffer, key_mask, memory_mask, ws.block, causal);
       } else {
-        blocks_[l].forward(ws.buffer, y, key_mask, ws.block, causal);
+        blocks_[l].forward(ws.buffer, memory, y, key_mask, memory_mask, ws.block, causal);
       }
       into_y = !into_y;
     }
@@ -145,9 +160,16 @@ class transformer_stack {
 
   /// A fresh state for step(). @throws as transformer_block::start_decoding.
   [[nodiscard]] decoder_state start_decoding() const {
+    return start_decoding(detail::no_memory<scalar_type>(), {});
+  }
+
+  /// For blocks with cross-attention: every layer's state over the same memory.
+  /// @throws as transformer_block::start_decoding.
+  [[nodiscard]] decoder_state start_decoding(const const_matrix_ref<scalar_type>& memory,
+                                             std::span<const std::uint8_t> memory_mask) const {
     decoder_state s;
     s.layers.reserve(blocks_.size());
-    for (const auto& b : blocks_) s.layers.push_back(b.start_decoding());
+    for (const auto& b : blocks_) s.layers.push_back(b.start_decoding(memory, memory_mask));
     return s;
   }
 
