@@ -5,6 +5,7 @@
 #pragma once
 
 #include "io/attention_io.hpp"
+#include "io/block_tensors.hpp"
 #include "io/model_description.hpp"
 #include "io/model_file.hpp"
 #include "io/safetensors.hpp"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import os
 import sys
 import tempfile
@@ -30,7 +31,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from export import load_model, read_safetensors, save_model, write_safetensors  # noqa: E402
-from performer_reference import ModelConfig, PerformerModel  # noqa: E402
+from performer_reference import Block, ModelConfig, PerformerModel  # noqa: E402
 
 DEFAULT_OUT = os.path.normpath(os.path.join(HERE, "..", "..", "tests", "io", "fixtures"))
 
@@ -67,6 +68,21 @@ FIXTURES = [
 ]
 
 
+# Cross-attention blocks (a decoder block over an encoder's memory), one file each:
+# NAME.safetensors holds the block's tensors under PyTorch's names (attn.*, cross_attn.*,
+# norm1..3, ffn.*; FAVOR+'s projection once, as attn.projection, shared by both attentions),
+# each F32 and exactly representable; the inputs x (F32, [N, d_model]) and memory (F32,
+# [M, d_model]); memory_keep (I64, [M]: 0 for a padded memory token); and y (F64, [N, d_model]),
+# the reference's output computed in float64. Its __metadata__ "config" is the block's shape.
+BLOCK_N, BLOCK_M = 12, 9
+BLOCK_FIXTURES = [
+    dict(name="block_cross_exact", seed=201, causal=True, norm="pre", activation="gelu",
+         attention=dict(kind="softmax")),
+    dict(name="block_cross_favor", seed=202, causal=False, norm="post", activation="relu",
+         layer_norm_eps=1e-6, attention=dict(kind="favor", features=16, feature_map="positive")),
+]
+
+
 def _f32(t: torch.Tensor) -> torch.Tensor:
     """Rounded to float, held in float64."""
     return t.to(torch.float32).to(torch.float64)
@@ -79,7 +95,7 @@ def initialise(model: PerformerModel) -> None:
     library. Biases and gains are non-trivial so that a transposed or misplaced one shows."""
     with torch.no_grad():
         for name, t in model.state_dict(keep_vars=True).items():
-            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
+            if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight")) or name == "norm.weight":
                 v = 1 + 0.1 * torch.randn(t.shape, dtype=torch.float64)
             elif name.endswith(".bias"):
                 v = 0.1 * torch.randn(t.shape, dtype=torch.float64)
@@ -175,6 +191,45 @@ def generate(spec: dict, out_dir: str, verbose: bool = True) -> None:
         print(f"{name}: {info}")
 
 
+def generate_block(spec: dict, out_dir: str, verbose: bool = True) -> None:
+    args = dict(_COMMON)
+    args.update({k: v for k, v in spec.items() if k not in ("name", "seed")})
+    cfg = ModelConfig(**args)
+    torch.manual_seed(spec["seed"])
+    block = Block(cfg, cross_attention=True).double()
+    initialise(block)
+    block.eval()
+    x = _f32(torch.randn(BLOCK_N, cfg.d_model, dtype=torch.float64))
+    memory = _f32(torch.randn(BLOCK_M, cfg.d_model, dtype=torch.float64))
+    memory_keep = torch.ones(BLOCK_M, dtype=torch.int64)
+    memory_keep[2] = memory_keep[7] = 0
+    with torch.no_grad():
+        y = block(x, memory=memory, memory_mask=memory_keep)
+        # The padded memory tokens are never read: garbage there changes nothing.
+        garbage = memory.clone()
+        garbage[2] = 1e3
+        if not torch.equal(block(x, memory=garbage, memory_mask=memory_keep), y):
+            raise RuntimeError(f"{spec['name']}: a padded memory token changed the output")
+        # A change of the memory must show, or the fixture would not test cross-attention.
+        moved = (block(x, memory=2 * memory, memory_mask=memory_keep) - y).abs().max()
+        if moved < 1e-3:
+            raise RuntimeError(f"{spec['name']}: the output does not depend on the memory")
+    tensors = {name: t.to(torch.float32) for name, t in block.state_dict().items()}
+    tensors.update(x=x.to(torch.float32), memory=memory.to(torch.float32),
+                   memory_keep=memory_keep, y=y)
+    config = {k: v for k, v in cfg.to_dict().items()
+              if k in ("d_model", "heads", "d_ff", "causal", "norm", "activation",
+                       "layer_norm_eps", "attention")}
+    path = os.path.join(out_dir, f"{spec['name']}.safetensors")
+    write_safetensors(path, tensors,
+                      metadata={"format": "performer-block-fixture", "config": json.dumps(config),
+                                "generator": "tools/reference/make_fixtures.py"},
+                      dtypes={"memory_keep": "I64", "y": "F64"})
+    if verbose:
+        print(f"{spec['name']}: max |y| {y.abs().max().item():.3f}, moving the memory moves y by "
+              f"{moved.item():.3f}")
+
+
 def load_copy(model: PerformerModel, dtype: torch.dtype) -> PerformerModel:
     other = PerformerModel(model.cfg).to(dtype)
     other.load_state_dict({k: v.to(dtype) for k, v in model.state_dict().items()})
@@ -192,6 +247,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for spec in FIXTURES:
                 generate(spec, tmp, verbose=False)
+            for spec in BLOCK_FIXTURES:
+                generate_block(spec, tmp, verbose=False)
             names = sorted(os.listdir(tmp))
             match, mismatch, errors = filecmp.cmpfiles(args.out, tmp, names, shallow=False)
             for n in mismatch + errors:
@@ -201,9 +258,11 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     for spec in FIXTURES:
         generate(spec, args.out)
+    for spec in BLOCK_FIXTURES:
+        generate_block(spec, args.out)
     total = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out)
                 if f.endswith(".safetensors"))
-    print(f"{len(FIXTURES)} fixtures in {args.out}, {total} bytes")
+    print(f"{len(FIXTURES) + len(BLOCK_FIXTURES)} fixtures in {args.out}, {total} bytes")
     return 0
 
 

@@ -359,14 +359,19 @@ class MultiHeadAttention(nn.Module):
         elif a.kind == "lsh":
             self.register_buffer("rotations", torch.randn(a.rounds, d, a.buckets // 2))
 
-    def forward(self, x: torch.Tensor, key_mask=None, details: Optional[list] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask=None, details: Optional[list] = None,
+                memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Self-attention over x; with `memory`, cross-attention from x to it: keys and values
+        from the memory, key_mask over its tokens, never causal, never rotary."""
         cfg = self.cfg
         n = x.shape[0]
         H, d = cfg.heads, cfg.head_dim
+        source = x if memory is None else memory
+        causal = cfg.causal and memory is None
         q = self.q_proj(x).view(n, H, d)
-        k = self.k_proj(x).view(n, H, d)
-        v = self.v_proj(x).view(n, H, d)
-        if cfg.rotary:
+        k = self.k_proj(source).view(source.shape[0], H, d)
+        v = self.v_proj(source).view(source.shape[0], H, d)
+        if cfg.rotary and memory is None:
             q = rotary(q, cfg.rotary_base, cfg.rotary_pairs)
             k = rotary(k, cfg.rotary_base, cfg.rotary_pairs)
         heads = []
@@ -374,11 +379,11 @@ class MultiHeadAttention(nn.Module):
         for hd in range(H):
             qh, kh, vh = q[:, hd, :], k[:, hd, :], v[:, hd, :]
             if a.kind == "softmax":
-                o = softmax_attention(qh, kh, vh, cfg.causal, key_mask)
+                o = softmax_attention(qh, kh, vh, causal, key_mask)
             elif a.kind == "favor":
-                o = favor_attention(qh, kh, vh, self.projection, cfg.causal, key_mask)
+                o = favor_attention(qh, kh, vh, self.projection, causal, key_mask)
             else:
-                o, info = lsh_attention(qh, kh, vh, self.rotations, a.chunk, cfg.causal, key_mask,
+                o, info = lsh_attention(qh, kh, vh, self.rotations, a.chunk, causal, key_mask,
                                         a.shared_qk, return_details=True)
                 if details is not None:
                     details.append(info)
@@ -401,21 +406,45 @@ class FeedForward(nn.Module):
 
 class Block(nn.Module):
     """Pre-LN: y = x + MHA(LN1(x)); y = y + FFN(LN2(y)).
-    Post-LN: y = LN1(x + MHA(x)); y = LN2(y + FFN(y))."""
+    Post-LN: y = LN1(x + MHA(x)); y = LN2(y + FFN(y)).
+    With cross_attention (a decoder block over an encoder's memory), between the two: pre-LN
+    y = y + MHA_c(LN3(y), memory), post-LN y = LN3(y + MHA_c(y, memory)); MHA_c has its own
+    projections and shares the mechanism (FAVOR+'s projection, LSH's rotations) with MHA, as the
+    library's block runs one mechanism object for both."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, cross_attention: bool = False):
         super().__init__()
         self.pre = cfg.norm == "pre"
         self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.attn = MultiHeadAttention(cfg)
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.ffn = FeedForward(cfg)
+        self.cross_attention = cross_attention
+        if cross_attention:
+            self.norm3 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+            self.cross_attn = MultiHeadAttention(cfg)
+            for shared in ("projection", "rotations"):
+                if hasattr(self.attn, shared):
+                    delattr(self.cross_attn, shared)
 
-    def forward(self, x, key_mask=None, details=None):
+    def _cross(self, x, memory, memory_mask, details):
+        if hasattr(self.attn, "projection"):
+            self.cross_attn.projection = self.attn.projection
+        if hasattr(self.attn, "rotations"):
+            self.cross_attn.rotations = self.attn.rotations
+        return self.cross_attn(x, memory_mask, details, memory=memory)
+
+    def forward(self, x, key_mask=None, details=None, memory=None, memory_mask=None):
+        if self.cross_attention and memory is None:
+            raise ValueError("a cross-attention block needs the encoder's memory")
         if self.pre:
             y = x + self.attn(self.norm1(x), key_mask, details)
+            if self.cross_attention:
+                y = y + self._cross(self.norm3(y), memory, memory_mask, details)
             return y + self.ffn(self.norm2(y))
         y = self.norm1(x + self.attn(x, key_mask, details))
+        if self.cross_attention:
+            y = self.norm3(y + self._cross(y, memory, memory_mask, details))
         return self.norm2(y + self.ffn(y))
 
 

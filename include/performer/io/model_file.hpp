@@ -16,6 +16,7 @@
 #include "../core/types.hpp"
 #include "../nn/transformer_model.hpp"
 #include "attention_io.hpp"
+#include "block_tensors.hpp"
 #include "model_description.hpp"
 #include "safetensors.hpp"
 #include "safetensors_writer.hpp"
@@ -116,25 +117,7 @@ template <storable_attention A>
       m.config, [&](index_t l) { return Io::make(m.attention, head_dim, f, layer_prefix(l) + "attn."); },
       no_init);
   for (index_t l = 0; l < m.config.layers; ++l) {
-    const std::string p = layer_prefix(l);
-    block_parameters<T> b;
-    b.w_q = f.read_transposed<T>(p + "attn.q_proj.weight");
-    b.w_k = f.read_transposed<T>(p + "attn.k_proj.weight");
-    b.w_v = f.read_transposed<T>(p + "attn.v_proj.weight");
-    b.w_o = f.read_transposed<T>(p + "attn.o_proj.weight");
-    b.b_q = f.read<T>(p + "attn.q_proj.bias");
-    b.b_k = f.read<T>(p + "attn.k_proj.bias");
-    b.b_v = f.read<T>(p + "attn.v_proj.bias");
-    b.b_o = f.read<T>(p + "attn.o_proj.bias");
-    b.norm1_gain = f.read<T>(p + "norm1.weight");
-    b.norm1_bias = f.read<T>(p + "norm1.bias");
-    b.norm2_gain = f.read<T>(p + "norm2.weight");
-    b.norm2_bias = f.read<T>(p + "norm2.bias");
-    b.w_ff1 = f.read_transposed<T>(p + "ffn.fc1.weight");
-    b.b_ff1 = f.read<T>(p + "ffn.fc1.bias");
-    b.w_ff2 = f.read_transposed<T>(p + "ffn.fc2.weight");
-    b.b_ff2 = f.read<T>(p + "ffn.fc2.bias");
-    model.stack().layer(l).set_parameters(std::move(b));
+    model.stack().layer(l).set_parameters(read_block_parameters<T>(f, layer_prefix(l)));
   }
   model.stack().set_final_norm(f.read<T>("norm.weight"), f.read<T>("norm.bias"));
   model_parameters<T> p;
