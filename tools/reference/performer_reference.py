@@ -428,6 +428,7 @@ class Block(nn.Module):
                     delattr(self.cross_attn, shared)
 
     def _cross(self, x, memory, memory_mask, details):
+        # Shared at each call, not once: .double() or load_state_dict replaces attn's buffers.
         if hasattr(self.attn, "projection"):
             self.cross_attn.projection = self.attn.projection
         if hasattr(self.attn, "rotations"):

@@ -267,8 +267,7 @@ class transformer_block {
   struct decoder_state {
     std::vector<head_decoder<Attention>> heads;
     workspace_type ws;
-    /// Cross-attention's memory keys and values, projected once; its mask.
-    row_matrix<scalar_type> memory_k, memory_v;
+    /// Cross-attention's memory mask (its keys and values, projected once, are in ws).
     std::vector<std::uint8_t> memory_mask;
     bool failed = false;  ///< a step threw part-way: the heads may disagree on the context
     /// Tokens stepped so far: the heads count them.
@@ -300,7 +299,7 @@ class transformer_block {
     detail::check_memory(who, config_, memory, 1, {}, memory_mask);
     if (config_.cross_attention) {
       PERFORMER_PRECONDITION(params_.w_ck.rows() == config_.d_model, who, no_parameters);
-      detail::project_memory(params_, memory, s.memory_k, s.memory_v);
+      detail::project_memory(params_, memory, s.ws.memory_k, s.ws.memory_v);
       s.memory_mask.assign(memory_mask.begin(), memory_mask.end());
     }
     s.heads.reserve(static_cast<std::size_t>(config_.heads));
@@ -361,7 +360,7 @@ class transformer_block {
         },
         [&] {
           guarded([&] {
-            detail::attend_heads(attention_, config_.heads, s.ws.q, s.memory_k, s.memory_v,
+            detail::attend_heads(attention_, config_.heads, s.ws.q, s.ws.memory_k, s.ws.memory_v,
                                  s.ws.context, {false, s.memory_mask}, s.ws.attention);
           });
         });
