@@ -12,6 +12,7 @@
 #include "core/attention_mask.hpp"
 #include "core/concepts.hpp"
 #include "core/error.hpp"
+#include "core/gradient.hpp"
 #include "core/types.hpp"
 #include "core/validate.hpp"
 // Random numbers and projection samplers.
@@ -20,11 +21,14 @@
 #include "random/sampler.hpp"
 // Exact softmax attention.
 #include "softmax/softmax_attention.hpp"
+#include "softmax/softmax_gradient.hpp"
 #include "softmax/tiled_softmax_attention.hpp"
+#include "softmax/tiled_softmax_gradient.hpp"
 // FAVOR: random-feature attention, its feature maps and the recurrent decoder.
 #include "favor/example_feature_map.hpp"
 #include "favor/favor_attention.hpp"
 #include "favor/favor_decoder.hpp"
+#include "favor/favor_gradient.hpp"
 #include "favor/feature_map.hpp"
 #include "favor/features/elu_features.hpp"
 #include "favor/features/favor_plus_plus_features.hpp"
@@ -38,6 +42,7 @@
 #include "lsh/example_hash_family.hpp"
 #include "lsh/hash_family.hpp"
 #include "lsh/lsh_attention.hpp"
+#include "lsh/lsh_gradient.hpp"
 #include "lsh/lsh_options.hpp"
 // Transformer layers, block and stack; any mechanism over a batch of multi-head sequences.
 #include "nn/batched_attention.hpp"
@@ -49,4 +54,5 @@
 #include "nn/transformer_block.hpp"
 #include "nn/transformer_model.hpp"
 #include "nn/transformer_stack.hpp"
+
 #include "version.hpp"

@@ -6,6 +6,7 @@
 
 #include <performer/favor/favor_attention.hpp>
 #include <performer/favor/favor_decoder.hpp>
+#include <performer/favor/favor_gradient.hpp>
 #include <performer/favor/features/elu_features.hpp>
 #include <performer/favor/features/favor_plus_plus_features.hpp>
 #include <performer/favor/features/hyperbolic_features.hpp>
@@ -14,16 +15,23 @@
 #include <performer/favor/features/trigonometric_features.hpp>
 #include <performer/lsh/example_hash_family.hpp>
 #include <performer/lsh/lsh_attention.hpp>
+#include <performer/lsh/lsh_gradient.hpp>
 #include <performer/nn/transformer_block.hpp>
 #include <performer/nn/transformer_stack.hpp>
 #include <performer/softmax/softmax_attention.hpp>
+#include <performer/softmax/softmax_gradient.hpp>
 #include <performer/softmax/tiled_softmax_attention.hpp>
+#include <performer/softmax/tiled_softmax_gradient.hpp>
 
 // kernels/softmax.cpp
 extern template class performer::softmax_attention<float>;
 extern template class performer::softmax_attention<double>;
 extern template class performer::tiled_softmax_attention<float>;
 extern template class performer::tiled_softmax_attention<double>;
+extern template struct performer::attention_gradient<performer::softmax_attention<float>>;
+extern template struct performer::attention_gradient<performer::softmax_attention<double>>;
+extern template struct performer::attention_gradient<performer::tiled_softmax_attention<float>>;
+extern template struct performer::attention_gradient<performer::tiled_softmax_attention<double>>;
 
 // kernels/favor_float.cpp
 extern template class performer::favor_attention<float>;
@@ -33,6 +41,7 @@ extern template class performer::favor_attention<float, performer::hyperbolic_fe
 extern template class performer::favor_attention<float, performer::trigonometric_features<float>>;
 extern template class performer::favor_attention<float, performer::favor_plus_plus_features<float>>;
 extern template class performer::favor_decoder<float>;
+extern template struct performer::attention_gradient<performer::favor_attention<float>>;
 
 // kernels/favor_double.cpp
 extern template class performer::favor_attention<double>;
@@ -42,6 +51,7 @@ extern template class performer::favor_attention<double, performer::relu_feature
 extern template class performer::favor_attention<double, performer::elu_features<double>>;
 extern template class performer::favor_attention<double, performer::favor_plus_plus_features<double>>;
 extern template class performer::favor_decoder<double>;
+extern template struct performer::attention_gradient<performer::favor_attention<double>>;
 
 // kernels/lsh.cpp
 extern template class performer::angular_hash<float>;
@@ -49,6 +59,8 @@ extern template class performer::angular_hash<double>;
 extern template class performer::lsh_attention<float>;
 extern template class performer::lsh_attention<double>;
 extern template class performer::lsh_attention<float, performer::sign_projection_hash<float>>;
+extern template struct performer::attention_gradient<performer::lsh_attention<float>>;
+extern template struct performer::attention_gradient<performer::lsh_attention<double>>;
 
 // kernels/nn_float.cpp
 extern template class performer::transformer_block<performer::softmax_attention<float>>;

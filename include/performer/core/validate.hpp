@@ -70,13 +70,14 @@ void require_finite(std::string_view who, std::string_view name, const M& m) {
 /**
  * Checks the arguments of attention_mechanism::forward: non-empty sequences, non-zero widths,
  * matching shapes, mask length, causal self-attention, finite inputs, out not aliasing an
- * input. Cost O((N_q + N_k)(d + d_v)), negligible beside any attention.
+ * input. Cost O((N_q + N_k)(d + d_v)), negligible beside any attention. Out is a writable
+ * view for a forward, and the forward's result (read-only) for a backward.
  * @throws performer::invalid_argument naming `who`, the argument and the shapes.
  */
-template <class T>
+template <class T, class Out>
 void check_attention_args(std::string_view who, const const_matrix_ref<T>& q,
                           const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
-                          const matrix_ref<T>& out, const attention_mask& mask) {
+                          const Out& out, const attention_mask& mask) {
   PERFORMER_PRECONDITION(q.rows() > 0, who, ": empty query sequence (q is ", detail::shape(q), ")");
   PERFORMER_PRECONDITION(k.rows() > 0, who, ": empty key sequence (k is ", detail::shape(k), ")");
   PERFORMER_PRECONDITION(q.cols() > 0, who, ": zero head width (q is ", detail::shape(q), ")");

@@ -45,9 +45,25 @@ struct softplus_features {
     });
     log_scale.setZero();
   }
+
+  // --- What training asks for (differentiable_feature_map) ----------------------------------
+  /// dx given dphi = dL/dphi (scratch: overwritten) and dlog_scale (0 here: log_scale is
+  /// constant), phi being apply()'s result for (w, x). d softplus(u) / du = sigmoid(u) =
+  /// 1 - e^(-softplus(u)), read off phi with expm1, which keeps it exact where u << 0.
+  void backward(const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
+                const const_matrix_ref<T>& phi, const const_vector_ref<T>& log_scale,
+                matrix_ref<T> dphi, const const_vector_ref<T>& dlog_scale,
+                matrix_ref<T> dx) const {
+    detail::check_feature_backward_args<T>("softplus_features::backward", true, w.rows(), w, x,
+                                           phi, log_scale, dphi, dlog_scale, dx);
+    const T sqrt_m = std::sqrt(static_cast<T>(w.rows()));
+    dphi.array() *= phi.array().unaryExpr([sqrt_m](T p) { return -std::expm1(-p * sqrt_m); }) /
+                    sqrt_m;
+    dx.noalias() = dphi * w;
+  }
 };
 
-static_assert(feature_map<softplus_features<float>, float>);
-static_assert(feature_map<softplus_features<double>, double>);
+static_assert(differentiable_feature_map<softplus_features<float>, float>);
+static_assert(differentiable_feature_map<softplus_features<double>, double>);
 
 }  // namespace performer

@@ -165,20 +165,34 @@ class favor_attention {
                            " but the projection is for head width ", projection_.dim());
     if (mask.causal) {
       causal(map_, q, k, v, out, mask, ws);
-    } else if constexpr (requires { map_.calibrated_for(q, k, mask.key_mask, mask.key_mask); }) {
-      // Data-dependent maps (FAVOR++) fit their parameter to the visible tokens only. In
-      // self-attention (N_q = N_k) row i of q and of k is one token, so the key mask also marks
-      // the padded queries; padding then cannot move the parameter or the real tokens' outputs.
-      const auto query_mask = q.rows() == k.rows() ? mask.key_mask : std::span<const std::uint8_t>{};
-      bidirectional(map_.calibrated_for(q, k, mask.key_mask, query_mask), q, k, v, out, mask, ws);
     } else {
-      bidirectional(map_, q, k, v, out, mask, ws);
+      bidirectional(map_for(q, k, mask), q, k, v, out, mask, ws);
     }
     PERFORMER_PRECONDITION(all_finite(out), who,
                            ": the result overflowed the scalar type or its normaliser vanished; "
                            "the inputs are finite, but their logits are too large for it or the "
                            "features of every key a query sees are 0 or cancel (scale q and k "
                            "down or use double)");
+  }
+
+  /**
+   * @brief The feature map a forward call with these arguments uses: the stored one, except
+   * that a data-dependent map (FAVOR++) is fitted to the visible tokens of a bidirectional call.
+   * O((N_q + N_k) d) for FAVOR++, O(1) otherwise.
+   */
+  [[nodiscard]] FeatureMap map_for(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+                                   const attention_mask& mask) const {
+    if constexpr (requires { map_.calibrated_for(q, k, mask.key_mask, mask.key_mask); }) {
+      if (!mask.causal) {
+        // In self-attention (N_q = N_k) row i of q and of k is one token, so the key mask also
+        // marks the padded queries; padding then cannot move the parameter or the real tokens'
+        // outputs.
+        const auto query_mask =
+            q.rows() == k.rows() ? mask.key_mask : std::span<const std::uint8_t>{};
+        return map_.calibrated_for(q, k, mask.key_mask, query_mask);
+      }
+    }
+    return map_;
   }
 
  private:

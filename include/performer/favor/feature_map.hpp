@@ -42,13 +42,30 @@ concept feature_map =
       { f.apply(w, x, phi, log_scale) } -> std::same_as<void>;
     };
 
+/**
+ * @brief A feature map with a backward pass: `f.backward(w, x, phi, log_scale, dphi,
+ * dlog_scale, dx)`, where phi and log_scale are apply()'s results for (w, x), dphi (N x M) and
+ * dlog_scale (N) are the gradients of a loss with respect to them, and dx (N x d) is *assigned*
+ * the gradient with respect to x, with w held fixed. The row's stabilising maximum, which apply()
+ * moves between phi and log_scale, is held fixed too: the feature vector phi exp(log_scale) does
+ * not depend on it, so neither does the gradient. dphi is scratch: backward may overwrite it.
+ * Time O(N M d) for the projected maps.
+ */
+template <class F, class T>
+concept differentiable_feature_map =
+    feature_map<F, T> &&
+    requires(const F& f, const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
+             const const_vector_ref<T>& log_scale, matrix_ref<T> dphi, matrix_ref<T> dx) {
+      { f.backward(w, x, w, log_scale, dphi, log_scale, dx) } -> std::same_as<void>;
+    };
+
 namespace detail {
 
 /// Shape checks shared by the feature maps: O(1).
-template <class T>
+template <class T, class Phi, class LogScale>
 void check_feature_args(std::string_view who, bool uses_projection, index_t features,
                         const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
-                        const matrix_ref<T>& phi, const Eigen::Ref<vector<T>>& log_scale) {
+                        const Phi& phi, const LogScale& log_scale) {
   // favor_attention cannot build these shapes, but a direct call can: d = 0 would make the
   // input scale d^(-1/4) infinite and m = 0 leave no row maximum to take.
   PERFORMER_PRECONDITION(x.cols() > 0, who, ": x has zero width");
@@ -60,6 +77,44 @@ void check_feature_args(std::string_view who, bool uses_projection, index_t feat
                          phi.rows(), "x", phi.cols(), ", expected ", x.rows(), "x", features);
   PERFORMER_PRECONDITION(log_scale.size() == x.rows(), who, ": log_scale has ",
                          log_scale.size(), " entries, expected ", x.rows());
+}
+
+/// The checks of a feature map's backward: those of apply() for (w, x, phi, log_scale), then
+/// dphi shaped like phi, dlog_scale like log_scale and dx like x. O(1).
+template <class T>
+void check_feature_backward_args(std::string_view who, bool uses_projection, index_t features,
+                                 const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
+                                 const const_matrix_ref<T>& phi,
+                                 const const_vector_ref<T>& log_scale,
+                                 const matrix_ref<T>& dphi, const const_vector_ref<T>& dlog_scale,
+                                 const matrix_ref<T>& dx) {
+  check_feature_args<T>(who, uses_projection, features, w, x, phi, log_scale);
+  PERFORMER_PRECONDITION(dphi.rows() == phi.rows() && dphi.cols() == phi.cols(), who,
+                         ": dphi is ", dphi.rows(), "x", dphi.cols(), ", expected ", phi.rows(),
+                         "x", phi.cols());
+  PERFORMER_PRECONDITION(dlog_scale.size() == x.rows(), who, ": dlog_scale has ",
+                         dlog_scale.size(), " entries, expected ", x.rows());
+  PERFORMER_PRECONDITION(dx.rows() == x.rows() && dx.cols() == x.cols(), who, ": dx is ",
+                         dx.rows(), "x", dx.cols(), ", expected ", x.rows(), "x", x.cols());
+}
+
+/// dx = scale g W: the gradient through u = scale W x, given g = dL/du (rows x m).
+template <class T, class G>
+void projected_backward(T scale, const G& g, const const_matrix_ref<T>& w, matrix_ref<T>& dx) {
+  dx.noalias() = g * w;
+  if (scale != T(1)) dx *= scale;
+}
+
+/// The backward of the exponential maps phi = exp(b s W x - row max) / sqrt(m) with log_scale =
+/// row max - s^2 |x|^2 / 2 (+ a constant): dx = b s (dphi .* phi) W - s^2 dlog_scale x.
+template <class T>
+void exponential_features_backward(T scale, const const_matrix_ref<T>& w,
+                                   const const_matrix_ref<T>& x, const const_matrix_ref<T>& phi,
+                                   matrix_ref<T>& dphi, const const_vector_ref<T>& dlog_scale,
+                                   matrix_ref<T>& dx, T b = T(1)) {
+  dphi.array() *= phi.array();
+  projected_backward<T>(b * scale, dphi, w, dx);
+  dx -= (scale * scale) * (dlog_scale.asDiagonal() * x);
 }
 
 /// d^(-1/4): splits softmax's 1/sqrt(d) evenly between queries and keys.

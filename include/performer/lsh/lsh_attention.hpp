@@ -17,6 +17,7 @@
 #include "../core/concepts.hpp"
 #include "../core/detail/parallel.hpp"
 #include "../core/error.hpp"
+#include "../core/gradient.hpp"
 #include "../core/types.hpp"
 #include "../core/validate.hpp"
 #include "angular_hash.hpp"
@@ -226,6 +227,11 @@ class lsh_attention {
   static constexpr T self_penalty = T(1e5);
   static constexpr index_t max_tokens = std::numeric_limits<std::int32_t>::max();
 
+  // The backward pass (lsh_gradient.hpp) differentiates this forward: it needs the self-penalty
+  // and the key normalisation exactly as used here.
+  template <class>
+  friend struct attention_gradient;
+
   static Hash make_family(index_t head_dim, const lsh_options& options) {
     PERFORMER_PRECONDITION(head_dim > 0, "lsh_attention: head_dim must be positive (got ",
                            head_dim, ")");
@@ -322,15 +328,10 @@ class lsh_attention {
       ws.fallback.push_back(i);
     }
     ws.fallback_queries = static_cast<index_t>(ws.fallback.size());
-    const index_t c = options_.chunk;
-    const auto count = static_cast<index_t>(visible.size());
     for_each_item(ws.fallback_queries, parallel, [&](index_t f, index_t lane) {
       const index_t i = ws.fallback[static_cast<std::size_t>(f)];
-      const index_t position = n_q == n_k ? i : i * n_k / n_q;
-      const auto at = static_cast<index_t>(
-          std::upper_bound(visible.begin(), visible.end(), position) - visible.begin());
-      const index_t first = at > 0 ? std::max<index_t>(0, at - c) : 0;
-      const index_t last = at > 0 ? at : std::min(c, count);
+      const auto [first, last] =
+          ws.plan.local_window(detail::lsh_plan::query_position(i, n_q, n_k));
       detail::attend_window(index_t{-1}, &ws.fallback[static_cast<std::size_t>(f)], 1,
                             visible.data() + first, last - first, pass,
                             ws.lanes[static_cast<std::size_t>(lane)]);

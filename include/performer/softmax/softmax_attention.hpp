@@ -14,6 +14,51 @@
 
 namespace performer {
 
+namespace detail {
+
+/// The N_q x N_k weights of softmax attention into `weights` (resized), row by row: the row
+/// maximum subtracted before the exponential, masked keys zeroed, an all-zero row for a query
+/// that sees no key. Shared by the forward and its backward (which must see the same bits).
+/// @throws performer::invalid_argument if a visible row has no finite logit (overflow).
+template <class T>
+void softmax_weights(const char* who, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+                     const attention_mask& mask, row_matrix<T>& weights) {
+  const index_t n_q = q.rows();
+  const index_t n_k = k.rows();
+  const T scale = T(1) / std::sqrt(static_cast<T>(q.cols()));
+  weights.resize(n_q, n_k);
+  weights.noalias() = scale * (q * k.transpose());
+  const index_t seeing = first_seeing_query(mask, n_q, n_k);
+  for (index_t i = 0; i < n_q; ++i) {
+    auto row = weights.row(i);
+    if (i < seeing) {  // every key this query may see is padding
+      row.setZero();
+      continue;
+    }
+    const index_t visible = mask.causal ? i + 1 : n_k;
+    T row_max = -std::numeric_limits<T>::infinity();
+    for (index_t j = 0; j < visible; ++j) {
+      if (mask.keeps(static_cast<std::size_t>(j))) row_max = std::max(row_max, row(j));
+    }
+    // Visible keys but no finite maximum: every logit overflowed to -inf or is NaN (std::max
+    // skips NaN). A NaN beside a finite maximum reaches the caller's result check.
+    PERFORMER_PRECONDITION(row_max > -std::numeric_limits<T>::infinity(), who,
+                           overflow_text);
+    row.tail(n_k - visible).setZero();
+    // Masked entries are zeroed explicitly: Eigen's vectorised exp clamps and never returns 0.
+    auto head = row.head(visible).array();
+    head = (head - row_max).exp();
+    if (!mask.key_mask.empty()) {
+      for (index_t j = 0; j < visible; ++j) {
+        if (!mask.keeps(static_cast<std::size_t>(j))) head(j) = T(0);
+      }
+    }
+    head /= head.sum();
+  }
+}
+
+}  // namespace detail
+
 /**
  * @brief Exact softmax attention that materializes the N_q x N_k weight matrix.
  *
@@ -53,39 +98,7 @@ class softmax_attention {
                workspace_type& ws) const {
     constexpr const char* who = "softmax_attention::forward";
     check_attention_args<T>(who, q, k, v, out, mask);
-    const index_t n_q = q.rows();
-    const index_t n_k = k.rows();
-    const T scale = T(1) / std::sqrt(static_cast<T>(q.cols()));
-    ws.weights.resize(n_q, n_k);
-    ws.weights.noalias() = scale * (q * k.transpose());
-    const index_t seeing = detail::first_seeing_query(mask, n_q, n_k);
-
-    for (index_t i = 0; i < n_q; ++i) {
-      auto row = ws.weights.row(i);
-      if (i < seeing) {  // every key this query may see is padding
-        row.setZero();
-        continue;
-      }
-      const index_t visible = mask.causal ? i + 1 : n_k;
-      T row_max = -std::numeric_limits<T>::infinity();
-      for (index_t j = 0; j < visible; ++j) {
-        if (mask.keeps(static_cast<std::size_t>(j))) row_max = std::max(row_max, row(j));
-      }
-      // Visible keys but no finite maximum: every logit overflowed to -inf or is NaN (std::max
-      // skips NaN). A NaN beside a finite maximum reaches the result check below.
-      PERFORMER_PRECONDITION(row_max > -std::numeric_limits<T>::infinity(), who,
-                             detail::overflow_text);
-      row.tail(n_k - visible).setZero();
-      // Masked entries are zeroed explicitly: Eigen's vectorised exp clamps and never returns 0.
-      auto head = row.head(visible).array();
-      head = (head - row_max).exp();
-      if (!mask.key_mask.empty()) {
-        for (index_t j = 0; j < visible; ++j) {
-          if (!mask.keeps(static_cast<std::size_t>(j))) head(j) = T(0);
-        }
-      }
-      head /= head.sum();
-    }
+    detail::softmax_weights<T>(who, q, k, mask, ws.weights);
     out.noalias() = ws.weights * v;
     require_finite_result(who, out);
   }

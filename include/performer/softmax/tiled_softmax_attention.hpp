@@ -12,6 +12,7 @@
 #include "../core/detail/online_softmax.hpp"
 #include "../core/detail/parallel.hpp"
 #include "../core/concepts.hpp"
+#include "../core/gradient.hpp"
 #include "../core/validate.hpp"
 #include "../core/error.hpp"
 #include "../core/types.hpp"
@@ -80,6 +81,19 @@ class tiled_softmax_attention {
   void forward(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
                const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
                workspace_type& ws) const {
+    forward_impl(q, k, v, out, mask, ws, nullptr);
+  }
+
+ private:
+  // The backward (softmax/tiled_softmax_gradient.hpp) reuses forward_impl for the log-normaliser
+  // and the masking helpers below, so that it applies exactly the forward's masking rules.
+  friend struct attention_gradient<tiled_softmax_attention>;
+
+  /// forward, also writing each query's log-sum-exp of its visible logits (max + log(sum)) to
+  /// log_normaliser[0, N_q) when it is not null: -inf for a query that sees no key.
+  void forward_impl(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+                    const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
+                    workspace_type& ws, T* log_normaliser) const {
     constexpr const char* who = "tiled_softmax_attention::forward";
     check_attention_args<T>(who, q, k, v, out, mask);
     const index_t n_q = q.rows();
@@ -127,11 +141,13 @@ class tiled_softmax_attention {
       for (index_t r = 0; r < rows; ++r) {
         if (q0 + r < seeing) {  // every key this query may see is padding
           acc.row(r).setZero();
+          if (log_normaliser != nullptr) log_normaliser[q0 + r] = minus_inf;
           continue;
         }
         // Visible keys but no finite maximum: every logit overflowed to -inf, or is NaN.
         PERFORMER_PRECONDITION(m(r) > minus_inf, who, detail::overflow_text);
         acc.row(r) /= l(r);
+        if (log_normaliser != nullptr) log_normaliser[q0 + r] = m(r) + std::log(l(r));
       }
     };
     if (parallel) {
@@ -142,7 +158,6 @@ class tiled_softmax_attention {
     require_finite_result(who, out);
   }
 
- private:
   static constexpr T minus_inf = -std::numeric_limits<T>::infinity();
 
   /// Sets the entries of a diagonal tile that lie in a query's future (key > query) to `value`.

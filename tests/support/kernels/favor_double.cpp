@@ -10,3 +10,4 @@ template class performer::favor_attention<double, performer::relu_features<doubl
 template class performer::favor_attention<double, performer::elu_features<double>>;
 template class performer::favor_attention<double, performer::favor_plus_plus_features<double>>;
 template class performer::favor_decoder<double>;
+template struct performer::attention_gradient<performer::favor_attention<double>>;

@@ -10,3 +10,4 @@ template class performer::favor_attention<float, performer::hyperbolic_features<
 template class performer::favor_attention<float, performer::trigonometric_features<float>>;
 template class performer::favor_attention<float, performer::favor_plus_plus_features<float>>;
 template class performer::favor_decoder<float>;
+template struct performer::attention_gradient<performer::favor_attention<float>>;

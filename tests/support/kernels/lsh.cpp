@@ -8,3 +8,5 @@ template class performer::angular_hash<double>;
 template class performer::lsh_attention<float>;
 template class performer::lsh_attention<double>;
 template class performer::lsh_attention<float, performer::sign_projection_hash<float>>;
+template struct performer::attention_gradient<performer::lsh_attention<float>>;
+template struct performer::attention_gradient<performer::lsh_attention<double>>;

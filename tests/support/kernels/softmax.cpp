@@ -7,3 +7,7 @@ template class performer::softmax_attention<float>;
 template class performer::softmax_attention<double>;
 template class performer::tiled_softmax_attention<float>;
 template class performer::tiled_softmax_attention<double>;
+template struct performer::attention_gradient<performer::softmax_attention<float>>;
+template struct performer::attention_gradient<performer::softmax_attention<double>>;
+template struct performer::attention_gradient<performer::tiled_softmax_attention<float>>;
+template struct performer::attention_gradient<performer::tiled_softmax_attention<double>>;

@@ -25,8 +25,18 @@ struct elu_features {
     phi = x.unaryExpr([](T v) { return v > T(0) ? v + T(1) : std::exp(v); });
     log_scale.setZero();
   }
+
+  /// dx = dphi .* (1 for x > 0, else e^x = phi).
+  void backward(const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
+                const const_matrix_ref<T>& phi, const const_vector_ref<T>& log_scale,
+                matrix_ref<T> dphi, const const_vector_ref<T>& dlog_scale,
+                matrix_ref<T> dx) const {
+    detail::check_feature_backward_args<T>("elu_features::backward", false, x.cols(), w, x, phi,
+                                           log_scale, dphi, dlog_scale, dx);
+    dx = (x.array() > T(0)).select(dphi, dphi.cwiseProduct(phi));
+  }
 };
 
-static_assert(feature_map<elu_features<float>, float>);
+static_assert(differentiable_feature_map<elu_features<float>, float>);
 
 }  // namespace performer

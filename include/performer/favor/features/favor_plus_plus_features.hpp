@@ -153,6 +153,19 @@ class favor_plus_plus_features {
     }
   }
 
+  /// With A held fixed: dx = B s (dphi .* phi) W - s^2 dlog_scale x (positive_features' form,
+  /// the projection scaled by B = sqrt(1 - 4A)).
+  void backward(const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
+                const const_matrix_ref<T>& phi, const const_vector_ref<T>& log_scale,
+                matrix_ref<T> dphi, const const_vector_ref<T>& dlog_scale,
+                matrix_ref<T> dx) const {
+    detail::check_feature_backward_args<T>("favor_plus_plus_features::backward", true, w.rows(),
+                                           w, x, phi, log_scale, dphi, dlog_scale, dx);
+    const T b = static_cast<T>(std::sqrt(1.0 - 4.0 * a_));
+    detail::exponential_features_backward<T>(detail::softmax_input_scale<T>(x.cols()), w, x,
+                                             phi, dphi, dlog_scale, dx, b);
+  }
+
  private:
   /// Count and mean squared norm of the visible rows of x divided by `top`, in double.
   struct moments {
@@ -212,6 +225,6 @@ class favor_plus_plus_features {
   bool adaptive_ = true;
 };
 
-static_assert(feature_map<favor_plus_plus_features<float>, float>);
+static_assert(differentiable_feature_map<favor_plus_plus_features<float>, float>);
 
 }  // namespace performer

@@ -36,8 +36,26 @@ struct hyperbolic_features {
       log_scale(i) = top - (x.row(i) * scale).squaredNorm() / T(2);
     }
   }
+
+  /// With u = W x~: d phi+ / du = phi+ and d phi- / du = -phi-, so
+  /// dx = s (dphi+ .* phi+ - dphi- .* phi-) W - s^2 dlog_scale x.
+  void backward(const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
+                const const_matrix_ref<T>& phi, const const_vector_ref<T>& log_scale,
+                matrix_ref<T> dphi, const const_vector_ref<T>& dlog_scale,
+                matrix_ref<T> dx) const {
+    const index_t m = w.rows();
+    detail::check_feature_backward_args<T>("hyperbolic_features::backward", true, 2 * m, w, x,
+                                           phi, log_scale, dphi, dlog_scale, dx);
+    if (x.rows() == 0) return;
+    dphi.rightCols(m).array() *= -phi.rightCols(m).array();
+    dphi.leftCols(m).array() = dphi.leftCols(m).array() * phi.leftCols(m).array() +
+                               dphi.rightCols(m).array();
+    const T scale = detail::softmax_input_scale<T>(x.cols());
+    detail::projected_backward<T>(scale, dphi.leftCols(m), w, dx);
+    dx -= (scale * scale) * (dlog_scale.asDiagonal() * x);
+  }
 };
 
-static_assert(feature_map<hyperbolic_features<float>, float>);
+static_assert(differentiable_feature_map<hyperbolic_features<float>, float>);
 
 }  // namespace performer

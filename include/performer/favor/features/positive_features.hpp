@@ -34,9 +34,20 @@ struct positive_features {
       log_scale(i) = top * scale - (x.row(i) * scale).squaredNorm() / T(2);
     }
   }
+
+  /// dx = s (dphi .* phi) W - s^2 dlog_scale x, s = d^(-1/4) (feature_map.hpp's contract).
+  void backward(const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
+                const const_matrix_ref<T>& phi, const const_vector_ref<T>& log_scale,
+                matrix_ref<T> dphi, const const_vector_ref<T>& dlog_scale,
+                matrix_ref<T> dx) const {
+    detail::check_feature_backward_args<T>("positive_features::backward", true, w.rows(), w, x,
+                                           phi, log_scale, dphi, dlog_scale, dx);
+    detail::exponential_features_backward<T>(detail::softmax_input_scale<T>(x.cols()), w, x,
+                                             phi, dphi, dlog_scale, dx);
+  }
 };
 
-static_assert(feature_map<positive_features<float>, float>);
-static_assert(feature_map<positive_features<double>, double>);
+static_assert(differentiable_feature_map<positive_features<float>, float>);
+static_assert(differentiable_feature_map<positive_features<double>, double>);
 
 }  // namespace performer

@@ -28,8 +28,20 @@ struct relu_features {
     phi = phi.cwiseMax(T(0)).array() + epsilon;
     log_scale.setZero();
   }
+
+  /// dx = (dphi .* [W x > 0]) W. The kink is read off phi > epsilon: a W x too small to move
+  /// epsilon's last bit gets derivative 0, as if it were <= 0.
+  void backward(const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
+                const const_matrix_ref<T>& phi, const const_vector_ref<T>& log_scale,
+                matrix_ref<T> dphi, const const_vector_ref<T>& dlog_scale,
+                matrix_ref<T> dx) const {
+    detail::check_feature_backward_args<T>("relu_features::backward", true, w.rows(), w, x, phi,
+                                           log_scale, dphi, dlog_scale, dx);
+    dphi = (phi.array() > epsilon).select(dphi, T(0));
+    detail::projected_backward<T>(T(1), dphi, w, dx);
+  }
 };
 
-static_assert(feature_map<relu_features<float>, float>);
+static_assert(differentiable_feature_map<relu_features<float>, float>);
 
 }  // namespace performer

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "../../core/attention_mask.hpp"
@@ -83,7 +84,7 @@ struct lsh_plan {
     std::fill(count, count + buckets, index_t{0});
     index_t j = 0;
     for (index_t i = 0; i < n_q; ++i) {
-      const index_t position = n_q == n_k ? i : i * n_k / n_q;
+      const index_t position = query_position(i, n_q, n_k);
       for (; j < position; ++j) {
         if (mask.keeps(static_cast<std::size_t>(j))) ++count[kb[j * h + r]];
       }
@@ -107,6 +108,43 @@ struct lsh_plan {
       order[start[bucket] + rank] = j;
       if (!shared) k_chunk[static_cast<std::size_t>(j * h + r)] = static_cast<std::int32_t>(rank / chunk);
     }
+  }
+
+  /// Where query i of n_q sits among n_k keys: floor(i N_k / N_q), i itself when N_q = N_k.
+  [[nodiscard]] static index_t query_position(index_t i, index_t n_q, index_t n_k) {
+    return n_q == n_k ? i : i * n_k / n_q;
+  }
+
+  /// Round r's window of the queries in chunk c of `bucket` (after sort_round): chunks c - 1 and
+  /// c of the bucket, as slots [first, second) of key_order, empty when the bucket holds no key.
+  [[nodiscard]] std::pair<index_t, index_t> window(index_t r, index_t n_k, index_t bucket,
+                                                   index_t c) const {
+    const index_t* kstart = bucket_start.data() + r * (buckets + 1);
+    const index_t keys = kstart[bucket + 1] - kstart[bucket];
+    // c * chunk <= keys (a query's chunk counts keys of its bucket), so neither bound can
+    // overflow even for a huge chunk, and lo <= hi.
+    const index_t lo = c * chunk - (c > 0 ? chunk : 0);
+    const index_t hi = c * chunk + std::min(chunk, keys - c * chunk);
+    const index_t base = r * n_k + kstart[bucket];
+    return {base + lo, base + hi};
+  }
+
+  /// Round r's window of query i (window() of its bucket and chunk).
+  [[nodiscard]] std::pair<index_t, index_t> query_window(index_t r, index_t i, index_t n_k) const {
+    const auto at = static_cast<std::size_t>(i * rounds + r);
+    return window(r, n_k, q_bucket[at], q_chunk[at]);
+  }
+
+  /// The fallback's window of a query at `position` (docs/algorithms.md §6.10): indices
+  /// [first, second) of visible_keys, the c visible keys nearest before it (its own position
+  /// included), or the first c when none is at or before it.
+  [[nodiscard]] std::pair<index_t, index_t> local_window(index_t position) const {
+    const auto& keys = visible_keys;
+    const auto at =
+        static_cast<index_t>(std::upper_bound(keys.begin(), keys.end(), position) - keys.begin());
+    const auto count = static_cast<index_t>(keys.size());
+    if (at > 0) return {std::max<index_t>(0, at - chunk), at};
+    return {0, std::min(chunk, count)};
   }
 
   /// Round r: queries by (bucket, position) (stable counting sort), cut into work items of at
@@ -133,25 +171,18 @@ struct lsh_plan {
       const index_t bucket = bucket_of_query(i);
       query_order[static_cast<std::size_t>(qstart[bucket] + count[bucket]++)] = i;
     }
-    const index_t* kstart = bucket_start.data() + r * (buckets + 1);
-    const index_t order_base = r * n_k;
     items.clear();
     for (index_t bucket = 0; bucket < buckets; ++bucket) {
-      const index_t keys = kstart[bucket + 1] - kstart[bucket];
       index_t g = qstart[bucket];
       while (g < qstart[bucket + 1]) {
         // Queries of a bucket are in position order, so their chunks never decrease.
         const index_t c = chunk_of_query(g);
         index_t end = g + 1;
         while (end < qstart[bucket + 1] && chunk_of_query(end) == c) ++end;
-        // c * chunk <= keys (a query's chunk counts keys of its bucket), so neither bound can
-        // overflow even for a huge chunk.
-        const index_t lo = c * chunk - (c > 0 ? chunk : 0);
-        const index_t hi = c * chunk + std::min(chunk, keys - c * chunk);
+        const auto [lo, hi] = window(r, n_k, bucket, c);
         if (lo < hi) {
           for (index_t t = g; t < end; t += tile) {
-            items.push_back({t, std::min(tile, end - t), order_base + kstart[bucket] + lo,
-                             order_base + kstart[bucket] + hi});
+            items.push_back({t, std::min(tile, end - t), lo, hi});
           }
         }
         g = end;

@@ -65,6 +65,22 @@ struct lsh_lane {
   }
 };
 
+/// Shared-QK: key = x / |x| from x and |x| = scale_and_root[0] * scale_and_root[1]
+/// (lsh_attention's robust norm); a zero row's key is zero.
+template <class T, class Row, class Key>
+void shared_key(const Row& x, const T* scale_and_root, Key&& key) {
+  const T scale = scale_and_root[0];
+  const T root = scale_and_root[1];
+  const T norm = scale * root;
+  if (norm >= std::numeric_limits<T>::min()) {
+    key = x * (T(1) / norm);
+  } else if (scale > T(0)) {  // |x| subnormal: scale first, or the norm's lost digits show
+    key = (x / scale) / root;
+  } else {
+    key.setZero();
+  }
+}
+
 /// What every window of one forward pass shares.
 template <class T>
 struct lsh_pass {
@@ -179,16 +195,7 @@ void attend_window(index_t round, const index_t* qs, index_t rows, const index_t
         prefetch_row(&pass.v.coeffRef(ahead, 0), pass.v.cols());
       }
       if (shared) {
-        const T scale = pass.norm[2 * j];
-        const T root = pass.norm[2 * j + 1];
-        const T norm = scale * root;
-        if (norm >= std::numeric_limits<T>::min()) {
-          keys.row(u) = pass.q.row(j) * (T(1) / norm);
-        } else if (scale > T(0)) {  // |q_j| subnormal: scale first, or the norm's lost digits show
-          keys.row(u) = (pass.q.row(j) / scale) / root;
-        } else {
-          keys.row(u).setZero();
-        }
+        shared_key(pass.q.row(j), pass.norm + 2 * j, keys.row(u));
       } else {
         keys.row(u) = pass.k.row(j);
       }

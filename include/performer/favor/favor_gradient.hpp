@@ -1,0 +1,372 @@
+/// @file favor/favor_gradient.hpp
+/// @brief The backward pass of FAVOR+ attention, bidirectional and causal, through every
+/// differentiable feature map, with the projection held fixed (docs/algorithms.md §9.3, §9.4).
+#pragma once
+
+#include <algorithm>
+#include <limits>
+
+#include "../core/detail/online_softmax.hpp"
+#include "../core/gradient.hpp"
+#include "../core/types.hpp"
+#include "favor_attention.hpp"
+#include "feature_map.hpp"
+#include "state.hpp"
+
+namespace performer {
+
+/**
+ * @brief Gradients of favor_attention (accumulating in T) with respect to q, k and v.
+ *
+ * With query features Q' and weighted key features K' (weights exp(log_scale - shift)), out =
+ * num / den, num = Q' S, den = Q' z. Given g = dout / den and h = -(dout . out) / den per query:
+ * dQ' = g S^T + h z^T, dK'_j = G v_j + H and dv_j = G^T K'_j with the adjoint state
+ * G = sum_i Q'_i g_i^T, H = sum_i Q'_i h_i over the queries that see key j; the feature map's
+ * backward takes dQ' and dK' (and the log scales' share) to dq and dk.
+ *
+ * - Bidirectional: three sweeps over blocks of B rows (keys: S and z; queries: dq, G and H;
+ *   keys: dk and dv). Workspace O(B M + M d_v), independent of N.
+ * - Causal: a forward sweep computes each query's g, h and shift (the stabiliser's running
+ *   maximum, a constant of the forward) and dq; a reverse sweep carries G and H as a suffix
+ *   state, rescaled like the forward's prefix state, and gives dk and dv. No per-token prefix
+ *   state is stored: the extra memory is O(N (d_v + 2) + B M + C^2 + M d_v).
+ * - Every sweep runs on one thread in a fixed order (parallelism belongs to the batch and
+ *   heads above it), so the result does not depend on the thread count.
+ *
+ * Time O(N m d + N M d_v), plus O(N C (M + d_v)) causal: about 2.5 forwards bidirectional and
+ * 3 causal (each feature map runs twice more, and its backward once per input).
+ * FAVOR++'s A is held fixed at the value the forward fitted (favor_attention::map_for).
+ */
+template <real_scalar T, class FeatureMap, projection_sampler Sampler>
+  requires differentiable_feature_map<FeatureMap, T>
+struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
+  using attention_type = favor_attention<T, FeatureMap, Sampler, T>;
+
+  /// The backward recomputes the features: the forward keeps nothing.
+  struct saved_type {};
+
+  /// Scratch: B (or C) rows of features and their gradients; the causal path adds g, h and
+  /// the shift of every token (O(N d_v)).
+  struct workspace_type {
+    row_matrix<T> phi_q, phi_k, dphi, g, scores, mix;
+    vector<T> log_q, log_k, dlog, den, h, factor, weights, shift;
+    favor_state<T> state, adjoint;
+  };
+
+  /// favor_attention::forward; nothing is saved.
+  static void forward(const attention_type& a, const const_matrix_ref<T>& q,
+                      const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
+                      matrix_ref<T> out, const attention_mask& mask,
+                      typename attention_type::workspace_type& ws, saved_type& /*saved*/) {
+    a.forward(q, k, v, out, mask, ws);
+  }
+
+  /**
+   * @brief dq, dk, dv of sum(dout .* out), out = a's forward on (q, k, v, mask).
+   * @throws performer::invalid_argument as check_backward_args, on a head width other than the
+   * projection's, or if a gradient is not finite.
+   */
+  static void backward(const attention_type& a, const const_matrix_ref<T>& q,
+                       const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
+                       const const_matrix_ref<T>& out, const const_matrix_ref<T>& dout,
+                       matrix_ref<T> dq, matrix_ref<T> dk, matrix_ref<T> dv,
+                       const attention_mask& mask, workspace_type& ws, const saved_type& /*saved*/) {
+    constexpr const char* who = "attention_gradient<favor_attention>::backward";
+    check_backward_args<T>(who, q, k, v, out, dout, dq, dk, dv, mask);
+    PERFORMER_PRECONDITION(q.cols() == a.projection().dim(), who, ": q is ", detail::shape(q),
+                           " but the projection is for head width ", a.projection().dim());
+    const sweep s{a, a.map_for(q, k, mask), q, k, v, out, dout, dq, dk, dv, mask, ws};
+    s.prepare();
+    if (mask.causal) {
+      s.causal_forward();
+      s.causal_reverse();
+    } else {
+      s.key_state();
+      s.query_sweep();
+      s.key_sweep();
+    }
+    require_finite_result(who, dq);
+    require_finite_result(who, dk);
+    require_finite_result(who, dv);
+  }
+
+ private:
+  static constexpr T minus_inf = -std::numeric_limits<T>::infinity();
+
+  /// One backward call's arguments and the steps over them.
+  struct sweep {
+    const attention_type& a;
+    FeatureMap map;
+    const const_matrix_ref<T>& q;
+    const const_matrix_ref<T>& k;
+    const const_matrix_ref<T>& v;
+    const const_matrix_ref<T>& out;
+    const const_matrix_ref<T>& dout;
+    matrix_ref<T>& dq;
+    matrix_ref<T>& dk;
+    matrix_ref<T>& dv;
+    const attention_mask& mask;
+    workspace_type& ws;
+
+    [[nodiscard]] index_t block() const { return a.options().block; }
+    [[nodiscard]] index_t chunk() const { return std::min(a.options().chunk, block()); }
+    [[nodiscard]] index_t rows_at(index_t r0, index_t n) const {
+      return std::min(block(), n - r0);
+    }
+
+    void prepare() const {
+      const index_t m = a.feature_count();
+      const index_t rows = block();
+      for (auto* phi : {&ws.phi_q, &ws.phi_k, &ws.dphi}) phi->resize(rows, m);
+      for (auto* vec : {&ws.log_q, &ws.log_k, &ws.dlog, &ws.den, &ws.factor, &ws.weights}) {
+        vec->resize(rows);
+      }
+      ws.scores.resize(chunk(), chunk());
+      ws.mix.resize(chunk(), chunk());
+      ws.state.reset(m, v.cols());
+      ws.adjoint.reset(m, v.cols());
+      if (mask.causal) {  // g, h and the shift of every token, kept for the reverse sweep
+        ws.g.resize(q.rows(), v.cols());
+        ws.h.resize(q.rows());
+        ws.shift.resize(q.rows());
+      } else {
+        ws.g.resize(rows, v.cols());
+        ws.h.resize(rows);
+      }
+    }
+
+    /// Features of rows [r0, r0 + rows) of x into phi / log_scale; padded keys get -inf.
+    void features(const const_matrix_ref<T>& x, index_t r0, index_t rows, row_matrix<T>& phi,
+                  vector<T>& log_scale, bool keys) const {
+      map.apply(a.projection().matrix(), x.middleRows(r0, rows), phi.topRows(rows),
+                log_scale.head(rows));
+      if (!keys || mask.key_mask.empty()) return;
+      for (index_t j = 0; j < rows; ++j) {
+        if (!mask.keeps(static_cast<std::size_t>(r0 + j))) log_scale(j) = minus_inf;
+      }
+    }
+
+    /// g = dout / den and h = -(dout . out) / den for queries [t0, t0 + rows) into g_rows and
+    /// h_rows; a query with den = 0 sees no key (the forward refused any other), so it has none.
+    template <class G, class H>
+    void adjoints(index_t t0, index_t rows, const vector<T>& den, G g_rows, H h_rows) const {
+      for (index_t i = 0; i < rows; ++i) {
+        if (den(i) == T(0)) {
+          g_rows.row(i).setZero();
+          h_rows(i) = T(0);
+        } else {
+          g_rows.row(i) = dout.row(t0 + i) / den(i);
+          h_rows(i) = -g_rows.row(i).dot(out.row(t0 + i));
+        }
+      }
+    }
+
+    /// dk rows [r0, r0 + rows) from dphi (the keys' feature gradient): the log scale's share
+    /// is dphi . phi per row (d/dlog_scale of phi exp(log_scale)).
+    void key_backward(index_t r0, index_t rows) const {
+      auto dphi = ws.dphi.topRows(rows);
+      auto dlog = ws.dlog.head(rows);
+      dlog = dphi.cwiseProduct(ws.phi_k.topRows(rows)).rowwise().sum();
+      map.backward(a.projection().matrix(), k.middleRows(r0, rows), ws.phi_k.topRows(rows),
+                   ws.log_k.head(rows), dphi, dlog, dk.middleRows(r0, rows));
+    }
+
+    /// Pass 1 (bidirectional): S, z of every key, relative to their largest log scale.
+    void key_state() const {
+      favor_state<T>& st = ws.state;
+      for (index_t k0 = 0; k0 < k.rows(); k0 += block()) {
+        const index_t rows = rows_at(k0, k.rows());
+        features(k, k0, rows, ws.phi_k, ws.log_k, true);
+        const T top = ws.log_k.head(rows).maxCoeff();
+        if (top == minus_inf) continue;  // padding only
+        st.raise(top);
+        auto phi = ws.phi_k.topRows(rows);
+        for (index_t j = 0; j < rows; ++j) {
+          phi.row(j) *= detail::shifted_exp(ws.log_k(j), st.shift);
+        }
+        st.fold(phi, v.middleRows(k0, rows));
+      }
+    }
+
+    /// Pass 2 (bidirectional): dq, and the adjoint state G, H of every query.
+    void query_sweep() const {
+      const favor_state<T>& st = ws.state;
+      for (index_t q0 = 0; q0 < q.rows(); q0 += block()) {
+        const index_t rows = rows_at(q0, q.rows());
+        features(q, q0, rows, ws.phi_q, ws.log_q, false);
+        const auto phi = ws.phi_q.topRows(rows);
+        auto g = ws.g.topRows(rows);
+        auto h = ws.h.head(rows);
+        ws.den.head(rows).noalias() = phi * st.norm;
+        adjoints(q0, rows, ws.den, g, h);
+        ws.adjoint.sum.noalias() += phi.transpose() * g;
+        ws.adjoint.norm.noalias() += phi.transpose() * h;
+        auto dphi = ws.dphi.topRows(rows);
+        dphi.noalias() = g * st.sum.transpose();
+        dphi.noalias() += h * st.norm.transpose();
+        ws.dlog.head(rows).setZero();  // a query's own scale cancels in out
+        map.backward(a.projection().matrix(), q.middleRows(q0, rows), phi, ws.log_q.head(rows),
+                     dphi, ws.dlog.head(rows), dq.middleRows(q0, rows));
+      }
+    }
+
+    /// Pass 3 (bidirectional): dk and dv.
+    void key_sweep() const {
+      const favor_state<T>& st = ws.state;
+      const favor_state<T>& adj = ws.adjoint;
+      for (index_t k0 = 0; k0 < k.rows(); k0 += block()) {
+        const index_t rows = rows_at(k0, k.rows());
+        features(k, k0, rows, ws.phi_k, ws.log_k, true);
+        auto w = ws.weights.head(rows);
+        for (index_t j = 0; j < rows; ++j) w(j) = detail::shifted_exp(ws.log_k(j), st.shift);
+        const auto phi = ws.phi_k.topRows(rows);
+        auto dphi = ws.dphi.topRows(rows);
+        dphi.noalias() = v.middleRows(k0, rows) * adj.sum.transpose();
+        dphi.rowwise() += adj.norm.transpose();
+        dphi = w.asDiagonal() * dphi;
+        auto dv_rows = dv.middleRows(k0, rows);
+        dv_rows.noalias() = phi * adj.sum;
+        dv_rows = w.asDiagonal() * dv_rows;
+        key_backward(k0, rows);
+      }
+    }
+
+    /// A_ij = exp(log_k_j - shift_i) for j <= i, else 0, over the chunk's C x C `into`.
+    template <class LogK, class Shift, class Into>
+    static void causal_weights(const LogK& log_k, const Shift& shift, Into into) {
+      for (index_t i = 0; i < into.rows(); ++i) {
+        for (index_t j = 0; j <= i; ++j) into(i, j) = detail::shifted_exp(log_k(j), shift(i));
+        into.row(i).tail(into.cols() - i - 1).setZero();
+      }
+    }
+
+    /// Forward sweep (causal): each query's shift, den, g, h, and dq, carrying S, z.
+    void causal_forward() const {
+      favor_state<T>& st = ws.state;
+      for (index_t b0 = 0; b0 < q.rows(); b0 += block()) {
+        const index_t block_rows = rows_at(b0, q.rows());
+        features(q, b0, block_rows, ws.phi_q, ws.log_q, false);
+        features(k, b0, block_rows, ws.phi_k, ws.log_k, true);
+        for (index_t c = 0; c < block_rows; c += chunk()) {
+          forward_chunk(b0 + c, c, std::min(chunk(), block_rows - c), st);
+        }
+        ws.dlog.head(block_rows).setZero();
+        map.backward(a.projection().matrix(), q.middleRows(b0, block_rows),
+                     ws.phi_q.topRows(block_rows), ws.log_q.head(block_rows),
+                     ws.dphi.topRows(block_rows), ws.dlog.head(block_rows),
+                     dq.middleRows(b0, block_rows));
+      }
+    }
+
+    /// Tokens [t0, t0 + rows), rows [r0, r0 + rows) of the block's buffers.
+    void forward_chunk(index_t t0, index_t r0, index_t rows, favor_state<T>& st) const {
+      const auto phi_q = ws.phi_q.middleRows(r0, rows);
+      const auto log_k = ws.log_k.segment(r0, rows);
+      const auto v_c = v.middleRows(t0, rows);
+      auto shift = ws.shift.segment(t0, rows);
+      auto factor = ws.factor.head(rows);
+      T running = st.shift;
+      for (index_t i = 0; i < rows; ++i) {
+        running = std::max(running, log_k(i));
+        shift(i) = running;
+        factor(i) = detail::shifted_exp(st.shift, running);
+      }
+      auto weights = ws.mix.topLeftCorner(rows, rows);
+      causal_weights(log_k, shift, weights);
+      auto p = ws.scores.topLeftCorner(rows, rows);
+      p.noalias() = phi_q * ws.phi_k.middleRows(r0, rows).transpose();
+      p.array() *= weights.array();
+      auto den = ws.den.head(rows);
+      den.noalias() = phi_q * st.norm;
+      den = factor.cwiseProduct(den) + p.rowwise().sum();
+      auto g = ws.g.middleRows(t0, rows);
+      auto h = ws.h.segment(t0, rows);
+      adjoints(t0, rows, ws.den, g, h);
+      // dQ'_i = factor_i (g_i S^T + h_i z^T) + sum_{j <= i} A_ij (g_i . v_j + h_i) K'_j.
+      auto dphi = ws.dphi.middleRows(r0, rows);
+      dphi.noalias() = g * st.sum.transpose();
+      dphi.noalias() += h * st.norm.transpose();
+      dphi = factor.asDiagonal() * dphi;
+      auto e = p;  // P is spent: reuse its storage for E = (g V^T + h 1^T) .* A
+      e.noalias() = g * v_c.transpose();
+      e.colwise() += h;
+      e.array() *= weights.array();
+      dphi.noalias() += e * ws.phi_k.middleRows(r0, rows);
+      // The chunk's keys join the carried state at the chunk's last shift (as the forward).
+      st.raise(shift(rows - 1));
+      if (st.shift == minus_inf) return;
+      auto phi_k = ws.phi_k.middleRows(r0, rows);
+      for (index_t j = 0; j < rows; ++j) phi_k.row(j) *= detail::shifted_exp(log_k(j), st.shift);
+      st.fold(phi_k, v_c);
+    }
+
+    /// Reverse sweep (causal): dk and dv, carrying the adjoint suffix state G, H.
+    void causal_reverse() const {
+      const index_t n = q.rows();
+      const index_t last = (n - 1) / block() * block();
+      for (index_t b0 = last; b0 >= 0; b0 -= block()) {
+        const index_t block_rows = rows_at(b0, n);
+        features(q, b0, block_rows, ws.phi_q, ws.log_q, false);
+        features(k, b0, block_rows, ws.phi_k, ws.log_k, true);
+        const index_t last_chunk = (block_rows - 1) / chunk() * chunk();
+        for (index_t c = last_chunk; c >= 0; c -= chunk()) {
+          reverse_chunk(b0 + c, c, std::min(chunk(), block_rows - c));
+        }
+        key_backward(b0, block_rows);
+      }
+    }
+
+    void reverse_chunk(index_t t0, index_t r0, index_t rows) const {
+      favor_state<T>& adj = ws.adjoint;  // relative to the shift of the first later token
+      auto phi_q = ws.phi_q.middleRows(r0, rows);
+      const auto phi_k = ws.phi_k.middleRows(r0, rows);
+      const auto log_k = ws.log_k.segment(r0, rows);
+      const auto v_c = v.middleRows(t0, rows);
+      const auto shift = ws.shift.segment(t0, rows);
+      const auto g = ws.g.middleRows(t0, rows);
+      const auto h = ws.h.segment(t0, rows);
+      auto weights = ws.mix.topLeftCorner(rows, rows);
+      causal_weights(log_k, shift, weights);
+      auto dphi = ws.dphi.middleRows(r0, rows);
+      auto dv_c = dv.middleRows(t0, rows);
+      // Later queries: dK'_j = e^(log_k_j - shift) (G v_j + H), dv_j = e^(...) G^T K'_j.
+      if (adj.shift == minus_inf) {
+        dphi.setZero();
+        dv_c.setZero();
+      } else {
+        auto later = ws.factor.head(rows);
+        for (index_t j = 0; j < rows; ++j) later(j) = detail::shifted_exp(log_k(j), adj.shift);
+        dphi.noalias() = v_c * adj.sum.transpose();
+        dphi.rowwise() += adj.norm.transpose();
+        dphi = later.asDiagonal() * dphi;
+        dv_c.noalias() = phi_k * adj.sum;
+        dv_c = later.asDiagonal() * dv_c;
+      }
+      // Within the chunk: dK' += E^T Q', dv += P^T g.
+      auto p = ws.scores.topLeftCorner(rows, rows);
+      p.noalias() = phi_q * phi_k.transpose();
+      p.array() *= weights.array();
+      dv_c.noalias() += p.transpose() * g;
+      auto e = p;
+      e.noalias() = g * v_c.transpose();
+      e.colwise() += h;
+      e.array() *= weights.array();
+      dphi.noalias() += e.transpose() * phi_q;
+      // The chunk's queries join the suffix state at the chunk's first shift (the smallest).
+      const T first = shift(0);
+      // With no later query yet the state is empty (its shift -inf is no token's).
+      const T carried = adj.shift == minus_inf ? T(0) : detail::shifted_exp(first, adj.shift);
+      if (carried != T(1)) {
+        adj.sum *= carried;
+        adj.norm *= carried;
+      }
+      adj.shift = first;
+      if (first == minus_inf) return;  // these queries see no key: g = h = 0
+      for (index_t i = 0; i < rows; ++i) phi_q.row(i) *= detail::shifted_exp(first, shift(i));
+      adj.sum.noalias() += phi_q.transpose() * g;
+      adj.norm.noalias() += phi_q.transpose() * h;
+    }
+  };
+};
+
+}  // namespace performer
