@@ -47,12 +47,18 @@
 // Transformer layers, block and stack; any mechanism over a batch of multi-head sequences.
 #include "nn/batched_attention.hpp"
 #include "nn/block_config.hpp"
+#include "nn/block_gradient.hpp"
 #include "nn/head_decoder.hpp"
 #include "nn/layers.hpp"
+#include "nn/model_gradient.hpp"
 #include "nn/rotary_embedding.hpp"
 #include "nn/sampling.hpp"
 #include "nn/transformer_block.hpp"
 #include "nn/transformer_model.hpp"
 #include "nn/transformer_stack.hpp"
 
+#include "train/adamw.hpp"
+#include "train/layer_gradients.hpp"
+#include "train/loss.hpp"
+#include "train/trainer.hpp"
 #include "version.hpp"

@@ -16,12 +16,15 @@
 #include <performer/lsh/example_hash_family.hpp>
 #include <performer/lsh/lsh_attention.hpp>
 #include <performer/lsh/lsh_gradient.hpp>
+#include <performer/nn/block_gradient.hpp>
+#include <performer/nn/model_gradient.hpp>
 #include <performer/nn/transformer_block.hpp>
 #include <performer/nn/transformer_stack.hpp>
 #include <performer/softmax/softmax_attention.hpp>
 #include <performer/softmax/softmax_gradient.hpp>
 #include <performer/softmax/tiled_softmax_attention.hpp>
 #include <performer/softmax/tiled_softmax_gradient.hpp>
+#include <performer/train/trainer.hpp>
 
 // kernels/softmax.cpp
 extern template class performer::softmax_attention<float>;
@@ -68,6 +71,9 @@ extern template class performer::transformer_block<performer::tiled_softmax_atte
 extern template class performer::transformer_block<performer::favor_attention<float>>;
 extern template class performer::transformer_stack<performer::softmax_attention<float>>;
 extern template class performer::transformer_stack<performer::favor_attention<float>>;
+extern template struct performer::block_gradient<performer::favor_attention<float>>;
+extern template struct performer::model_gradient<performer::favor_attention<float>>;
+extern template class performer::trainer<performer::favor_attention<float>>;
 
 // kernels/nn_double.cpp
 extern template class performer::transformer_block<performer::softmax_attention<double>>;

@@ -68,11 +68,23 @@ class rotary_embedding {
    * first_position is negative.
    */
   void apply(matrix_ref<T> x, index_t first_position = 0) const {
+    rotate(x, first_position, T(1), "rotary_embedding::apply");
+  }
+
+  /// Rotates x in place by the opposite angles (R^T = R^-1): the backward of apply(), which
+  /// takes the gradient with respect to rotated rows to the gradient with respect to the rows.
+  /// @throws as apply().
+  void apply_transpose(matrix_ref<T> x, index_t first_position = 0) const {
+    rotate(x, first_position, T(-1), "rotary_embedding::apply_transpose");
+  }
+
+ private:
+  void rotate(matrix_ref<T> x, index_t first_position, T sign, const char* who) const {
     PERFORMER_PRECONDITION(x.cols() > 0 && x.cols() % head_dim_ == 0,
-                           "rotary_embedding::apply: x has ", x.cols(),
+                           who, ": x has ", x.cols(),
                            " columns, not a positive multiple of the head width ", head_dim_);
     PERFORMER_PRECONDITION(first_position >= 0,
-                           "rotary_embedding::apply: first_position must be >= 0 (got ",
+                           who, ": first_position must be >= 0 (got ",
                            first_position, ")");
     const index_t half = head_dim_ / 2;
     const index_t heads = x.cols() / head_dim_;
@@ -83,7 +95,7 @@ class rotary_embedding {
       for (index_t i = 0; i < half; ++i) {
         const double angle = position * inv_freq_[static_cast<std::size_t>(i)];
         const T c = static_cast<T>(std::cos(angle));
-        const T s = static_cast<T>(std::sin(angle));
+        const T s = sign * static_cast<T>(std::sin(angle));
         const index_t first = halves ? i : 2 * i;
         const index_t second = halves ? i + half : 2 * i + 1;
         for (index_t h = 0; h < heads; ++h) {
@@ -97,7 +109,6 @@ class rotary_embedding {
     }
   }
 
- private:
   index_t head_dim_;
   double base_;
   rotary_pairing pairing_;

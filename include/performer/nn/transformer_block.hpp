@@ -106,6 +106,10 @@ class transformer_block {
   /// Mutable access, e.g. to redraw FAVOR+ features between training steps.
   [[nodiscard]] Attention& attention() noexcept { return attention_; }
   [[nodiscard]] const parameters_type& parameters() const noexcept { return params_; }
+  /// The rotary embedding q and k get, or null without `rotary`.
+  [[nodiscard]] const rotary_embedding<scalar_type>* rotary() const noexcept {
+    return rope_ ? &*rope_ : nullptr;
+  }
 
   /**
    * @brief Replaces all parameters (e.g. trained weights).

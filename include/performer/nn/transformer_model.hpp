@@ -158,8 +158,38 @@ class transformer_model {
     PERFORMER_PRECONDITION(hidden.rows() == n && hidden.cols() == d, who, ": hidden is ",
                            detail::shape(hidden), ", expected ", n, "x", d);
     ws.embedded.resize(n, d);
-    for (index_t i = 0; i < n; ++i) embed_token(who, tokens[static_cast<std::size_t>(i)], i, ws.embedded.row(i));
+    fill_embedding(who, tokens, ws.embedded);
     stack_.forward(ws.embedded, hidden, key_mask, ws.stack, causal);
+  }
+
+  /**
+   * @brief The stack's input: row i = E[tokens[i]] + P[i] (P only with learned positions).
+   * @throws performer::invalid_argument on a token outside [0, vocab), more tokens than
+   * max_positions (with learned positions) or out not N x d_model.
+   */
+  void embed_tokens(std::span<const std::int64_t> tokens, matrix_ref<scalar_type> out) const {
+    constexpr const char* who = "transformer_model::embed_tokens";
+    const auto n = static_cast<index_t>(tokens.size());
+    PERFORMER_PRECONDITION(config_.max_positions == 0 || n <= config_.max_positions, who, ": ", n,
+                           " tokens but the model has positions for ", config_.max_positions);
+    PERFORMER_PRECONDITION(out.rows() == n && out.cols() == d_model(), who, ": out is ",
+                           detail::shape(out), ", expected ", n, "x", d_model());
+    fill_embedding(who, tokens, out);
+  }
+
+  /**
+   * @brief The output head: logits = hidden W_out + b_out (W_out = E^T when tied).
+   * @throws performer::invalid_argument on shapes other than N x d_model and N x vocab, or
+   * logits that overflow the scalar type.
+   */
+  void head(const const_matrix_ref<scalar_type>& hidden, matrix_ref<scalar_type> logits) const {
+    constexpr const char* who = "transformer_model::head";
+    PERFORMER_PRECONDITION(hidden.cols() == d_model() && logits.rows() == hidden.rows() &&
+                               logits.cols() == config_.vocab,
+                           who, ": hidden is ", detail::shape(hidden), " and logits ",
+                           detail::shape(logits), ", expected N x ", d_model(), " and N x ",
+                           config_.vocab);
+    head(who, hidden, logits);
   }
 
   /**
@@ -297,8 +327,15 @@ class transformer_model {
     if (config_.max_positions > 0) row += params_.position_embedding.row(position);
   }
 
+  void fill_embedding(const char* who, std::span<const std::int64_t> tokens,
+                      matrix_ref<scalar_type> out) const {
+    for (index_t i = 0; i < out.rows(); ++i) {
+      embed_token(who, tokens[static_cast<std::size_t>(i)], i, out.row(i));
+    }
+  }
+
   /// logits = hidden W_out + b_out (W_out = E^T when tied).
-  void head(const char* who, const row_matrix<scalar_type>& hidden,
+  void head(const char* who, const const_matrix_ref<scalar_type>& hidden,
             matrix_ref<scalar_type> logits) const {
     if (config_.tie_output) {
       logits.noalias() = hidden * params_.token_embedding.transpose();

@@ -8,3 +8,6 @@ template class performer::transformer_block<performer::tiled_softmax_attention<f
 template class performer::transformer_block<performer::favor_attention<float>>;
 template class performer::transformer_stack<performer::softmax_attention<float>>;
 template class performer::transformer_stack<performer::favor_attention<float>>;
+template struct performer::block_gradient<performer::favor_attention<float>>;
+template struct performer::model_gradient<performer::favor_attention<float>>;
+template class performer::trainer<performer::favor_attention<float>>;
