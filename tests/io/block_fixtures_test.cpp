@@ -17,6 +17,7 @@
 #include <performer/io/safetensors_writer.hpp>
 #include <performer/testing/expect_invalid.hpp>
 
+#include "io/support.hpp"
 #include "support/instantiations.hpp"
 
 namespace performer::test {
@@ -25,7 +26,7 @@ namespace io_block_fixtures_test {
 namespace {
 
 std::filesystem::path fixture_path(const std::string& name) {
-  return std::filesystem::path(__FILE__).parent_path() / "fixtures" / (name + ".safetensors");
+  return io_support::fixtures_dir() / (name + ".safetensors");
 }
 
 /// The block's shape, from the fixture's __metadata__ "config".

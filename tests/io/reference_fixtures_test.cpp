@@ -19,19 +19,14 @@
 #include <performer/io/model_file.hpp>
 #include <performer/io/safetensors.hpp>
 
+#include "io/support.hpp"
+
 namespace performer::test {
 // Named as well as anonymous: the unity build compiles several test files as one.
 namespace io_reference_fixtures_test {
 namespace {
 
-/// tests/io/fixtures, from a compile definition when the build gives one, else next to this file.
-std::filesystem::path fixtures_dir() {
-#ifdef PERFORMER_IO_FIXTURES_DIR
-  return std::filesystem::path(PERFORMER_IO_FIXTURES_DIR);
-#else
-  return std::filesystem::path(__FILE__).parent_path() / "fixtures";
-#endif
-}
+using io_support::fixtures_dir;
 
 struct fixture {
   const char* name;

@@ -103,4 +103,14 @@ inline void rewrite(const std::filesystem::path& src, const std::filesystem::pat
 /// n zero bytes.
 [[nodiscard]] inline bytes zeros(std::size_t n) { return bytes(n, 0); }
 
+/// tests/io/fixtures (tools/reference/make_fixtures.py writes them), from a compile definition
+/// when the build gives one, else next to this file.
+[[nodiscard]] inline std::filesystem::path fixtures_dir() {
+#ifdef PERFORMER_IO_FIXTURES_DIR
+  return std::filesystem::path(PERFORMER_IO_FIXTURES_DIR);
+#else
+  return std::filesystem::path(__FILE__).parent_path() / "fixtures";
+#endif
+}
+
 }  // namespace performer::test::io_support

@@ -7,7 +7,11 @@ For each fixture NAME it writes
                              exactly representable in float, so a float and a double model
                              loaded from it hold the same numbers;
   NAME.expected.safetensors  `tokens` (I64, [N]) and `logits` (F64, [N, vocab]): the
-                             reference's logits for those tokens, computed in float64.
+                             reference's logits for those tokens, computed in float64; and
+                             `cotangent` (F64, [N, vocab]), a random dL/d(logits);
+  NAME.gradients.safetensors autograd's gradients of L = sum(cotangent * logits) with respect
+                             to every parameter, F64, as a model file of the same layout
+                             (FAVOR+'s projection and LSH's rotations keep their values).
 
 Deterministic: each fixture draws from its own torch.manual_seed, and the files are byte for
 byte the same on every run (--check regenerates into a temporary directory and compares).
@@ -174,11 +178,30 @@ def generate(spec: dict, out_dir: str, verbose: bool = True) -> None:
     name = spec["name"]
     model_path = os.path.join(out_dir, f"{name}.safetensors")
     save_model(model, model_path, dtype="F32", require_exact=True)
+    # Autograd's gradients of L = sum(cotangent * logits), written as a model file of the same
+    # layout whose parameters are the gradients (FAVOR+'s projection and LSH's rotations, which
+    # have none, keep their values), so that the C++ loader's name mapping reads them too.
+    cotangent = torch.randn(logits.shape, generator=torch.Generator().manual_seed(spec["seed"] * 1000 + 11),
+                            dtype=torch.float64)
+    model.zero_grad()
+    (cotangent * model(tokens)).sum().backward()
+    gradients = load_copy(model, torch.float64)
+    with torch.no_grad():
+        for (pname, p), (_, g) in zip(model.named_parameters(), gradients.named_parameters()):
+            # Unused, hence no .grad and a zero gradient: the final LayerNorm after post-LN
+            # blocks, and the key projection of shared-QK LSH (its keys are its queries).
+            unused = (pname.startswith("norm.") and cfg.norm == "post") or (
+                ".attn.k_proj." in pname and cfg.attention.kind == "lsh" and cfg.attention.shared_qk)
+            if p.grad is None and not unused:
+                raise RuntimeError(f"{spec['name']}: {pname} has no gradient")
+            g.copy_(p.grad if p.grad is not None else torch.zeros_like(g))
+    save_model(gradients, os.path.join(out_dir, f"{name}.gradients.safetensors"), dtype="F64")
     write_safetensors(os.path.join(out_dir, f"{name}.expected.safetensors"),
-                      {"tokens": tokens, "logits": logits.to(torch.float64)},
+                      {"tokens": tokens, "logits": logits.to(torch.float64), "cotangent": cotangent},
                       metadata={"format": "performer-fixture", "model": f"{name}.safetensors",
+                                "gradients": f"{name}.gradients.safetensors",
                                 "generator": "tools/reference/make_fixtures.py"},
-                      dtypes={"tokens": "I64", "logits": "F64"})
+                      dtypes={"tokens": "I64", "logits": "F64", "cotangent": "F64"})
     # Read back through the file: the same logits, bit for bit.
     again = load_model(model_path)
     with torch.no_grad():
@@ -187,6 +210,7 @@ def generate(spec: dict, out_dir: str, verbose: bool = True) -> None:
         raise RuntimeError(f"{name}: the model read back gives different logits")
     expected, _ = read_safetensors(os.path.join(out_dir, f"{name}.expected.safetensors"))
     assert torch.equal(expected["tokens"], tokens) and torch.equal(expected["logits"], logits)
+    assert torch.equal(expected["cotangent"], cotangent)
     if verbose:
         print(f"{name}: {info}")
 
