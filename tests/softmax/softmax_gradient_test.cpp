@@ -382,6 +382,10 @@ TYPED_TEST(SoftmaxGradientBadInput, RejectedWithTheArgumentNamed) {
     saved.log_normaliser.resize(5);
     PERFORMER_EXPECT_INVALID(who, "saved.log_normaliser has 5 entries, expected 6",
                              backward(q, dout, dq, dk, dv));
+  } else {
+    saved.weights.resize(5, 6);
+    PERFORMER_EXPECT_INVALID(who, "saved.weights is 5x6, expected 6x5",
+                             backward(q, dout, dq, dk, dv));
   }
 }
 

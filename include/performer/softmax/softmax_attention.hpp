@@ -18,7 +18,7 @@ namespace detail {
 
 /// The N_q x N_k weights of softmax attention into `weights` (resized), row by row: the row
 /// maximum subtracted before the exponential, masked keys zeroed, an all-zero row for a query
-/// that sees no key. Shared by the forward and its backward (which must see the same bits).
+/// that sees no key.
 /// @throws performer::invalid_argument if a visible row has no finite logit (overflow).
 template <class T>
 void softmax_weights(const char* who, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
