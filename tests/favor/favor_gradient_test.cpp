@@ -46,7 +46,8 @@ favor_plus_plus_features<T> fixed_pp() {
 }
 
 /// Ragged blocks and chunks: N = 13 spans three blocks of 5 and chunks of 2.
-constexpr favor_options small_blocks{.block = 5, .chunk = 2, .segments = 1, .min_segment = 1};
+constexpr favor_options small_blocks{
+    .block = 5, .chunk = 2, .backward_chunk = 2, .segments = 1, .min_segment = 1};
 
 template <class Map, class Sampler = orthogonal_sampler>
 favor_attention<double, Map, Sampler> make(Map map = {}, index_t m = 6) {
@@ -164,7 +165,7 @@ TEST(FavorGradient, FewerQueriesThanKeys) {
 /// maximum of the log scales rises again and again (the stabiliser's rescaling in both sweeps):
 /// finite differences on a sample of 40 coordinates per input.
 TEST(FavorGradient, CausalStabiliserOverManyChunksMatchesSampledDifferences) {
-  const favor_attention<double> a(8, 32, 5, {}, {}, {.block = 64, .chunk = 16, .segments = 1});
+  const favor_attention<double> a(8, 32, 5, {}, {}, {.block = 64, .chunk = 16, .backward_chunk = 8, .segments = 1});
   const index_t n = 300;
   row_matrix<double> q = gaussian_matrix(n, 8, 9), k = gaussian_matrix(n, 8, 10);
   for (index_t i = 0; i < n; ++i) k.row(i) *= 1.0 + 3.0 * static_cast<double>(i) / n;
@@ -325,7 +326,7 @@ TEST(FavorGradient, CausalBackwardMemoryIsLinearWithoutFeatureRows) {
     grad::backward(a, q, k, v, out, dout, dq, dk, dv, {.causal = true}, ws, {});
   });
   EXPECT_TRUE(dq.allFinite() && dk.allFinite() && dv.allFinite());
-  const long long b = a.options().block, c = a.options().chunk;
+  const long long b = a.options().block, c = a.options().backward_chunk;
   const long long per_token = n * (d + 2) * 4LL;
   const long long blocks = (3 * b * m + 2 * c * c + 2 * m * (d + 1) + 6 * b) * 4LL;
   const long long eigen = 2LL << 20;  // Eigen's packing buffers

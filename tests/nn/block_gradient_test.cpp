@@ -160,7 +160,7 @@ TEST(BlockGradient, ExactAttentionMatchesFiniteDifferences) {
 }
 
 TEST(BlockGradient, FavorAttentionMatchesFiniteDifferences) {
-  const favor_attention<double> favor(4, 8, 3, {}, {}, {.block = 3, .chunk = 2, .segments = 1});
+  const favor_attention<double> favor(4, 8, 3, {}, {}, {.block = 3, .chunk = 2, .backward_chunk = 2, .segments = 1});
   for (const auto& v : variants) check_block(favor, v);
 }
 

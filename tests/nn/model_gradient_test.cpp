@@ -118,7 +118,7 @@ TEST(ModelGradient, ExactAttentionMatchesFiniteDifferences) {
 }
 
 TEST(ModelGradient, FavorAttentionMatchesFiniteDifferences) {
-  const favor_attention<double> favor(4, 8, 3, {}, {}, {.block = 3, .chunk = 2, .segments = 1});
+  const favor_attention<double> favor(4, 8, 3, {}, {}, {.block = 3, .chunk = 2, .backward_chunk = 2, .segments = 1});
   check_model(favor, true, true);
 }
 

@@ -133,10 +133,11 @@ class favor_attention {
         map_(std::move(map)),
         options_(options) {
     PERFORMER_PRECONDITION(options.block > 0 && options.chunk > 0 && options.segments > 0 &&
-                               options.min_segment > 0,
+                               options.min_segment > 0 && options.backward_chunk > 0,
                            "favor_attention: block (", options.block, "), chunk (",
                            options.chunk, "), segments (", options.segments,
-                           ") and min_segment (", options.min_segment, ") must be positive");
+                           "), min_segment (", options.min_segment, ") and backward_chunk (",
+                           options.backward_chunk, ") must be positive");
   }
 
   [[nodiscard]] const projection_type& projection() const noexcept { return projection_; }

@@ -109,7 +109,7 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
     workspace_type& ws;
 
     [[nodiscard]] index_t block() const { return a.options().block; }
-    [[nodiscard]] index_t chunk() const { return std::min(a.options().chunk, block()); }
+    [[nodiscard]] index_t chunk() const { return std::min(a.options().backward_chunk, block()); }
     [[nodiscard]] index_t rows_at(index_t r0, index_t n) const {
       return std::min(block(), n - r0);
     }

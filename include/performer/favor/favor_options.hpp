@@ -17,6 +17,10 @@ struct favor_options {
   /// chunk. Smaller chunks do less work (2 C (M + d_v) flops per token on top of the four
   /// products) but in smaller matrix products.
   index_t chunk = 32;
+  /// Tokens per chunk of the causal backward pass (favor_gradient.hpp), whose intra-chunk work
+  /// per token is about twice the forward's: 16 measured fastest at d = 64, m = 256 (bench
+  /// bench_gradient: 115 ms against 121 ms at 32 and 122 ms at 8, N = 16,384, one thread).
+  index_t backward_chunk = 16;
   /// Most segments a sequence is split into; segments run in parallel (OpenMP). The causal
   /// path then maps the keys before each segment boundary twice (once to get the segment's
   /// carried state, once in its own pass): about 25% more work at 2 segments, in exchange for
