@@ -65,9 +65,8 @@ void check_model(const A& attention, bool tied, bool causal) {
   using pass = model_gradient<A>;
   using model_type = transformer_model<A>;
   model_type model(config(tied, causal), attention, 5);
-  auto stack_gain = gaussian_matrix(1, 8, 40, 0.2).array() + 1.0;
-  model.stack().set_final_norm(row_vector<double>(stack_gain.matrix()),
-                               row_vector<double>(gaussian_matrix(1, 8, 41, 0.1)));
+  const row_vector<double> stack_gain = (gaussian_matrix(1, 8, 40, 0.2).array() + 1.0).matrix();
+  model.stack().set_final_norm(stack_gain, row_vector<double>(gaussian_matrix(1, 8, 41, 0.1)));
   auto mp = model.parameters();
   mp.b_out = gaussian_matrix(1, 6, 42, 0.1);
   model.set_parameters(mp);
