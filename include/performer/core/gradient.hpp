@@ -19,9 +19,10 @@ namespace performer {
  * named after it with `_gradient` (softmax/softmax_gradient.hpp, favor/favor_gradient.hpp, ...).
  *
  * A specialisation provides:
- * - `saved_type`: what the forward keeps for the backward, default-constructible, O(N) at most
- *   (e.g. each query's log-normaliser for the tiled exact path; empty where the backward
- *   recomputes what it needs);
+ * - `saved_type`: what the forward keeps for the backward, default-constructible (each query's
+ *   log-normaliser for the tiled exact path, the buckets for LSH, nothing for FAVOR+, whose
+ *   backward recomputes its features; the materialized exact path keeps P, N_q x N_k, as a
+ *   framework keeps softmax's output);
  * - `workspace_type`: the backward's scratch, default-constructible and reusable;
  * - `static void forward(a, q, k, v, out, mask, ws, saved)`: A's forward (ws is A's own
  *   workspace_type), writing out exactly as `a.forward` does and filling `saved`;
