@@ -1,6 +1,7 @@
 // Covers performer/train/adamw.hpp: two steps against the published update rule computed here
 // in double, decoupled weight decay and its per-tensor exemption, global-norm clipping, a small
-// quadratic problem, bit-for-bit determinism, strided views, and bad options and gradients.
+// quadratic problem, bit-for-bit determinism, strided views, a restored optimiser resuming with
+// the bits of one that never stopped, and bad options, gradients and restored state.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -210,6 +211,88 @@ TEST(Adamw, RejectsBadGradientsAndTensorsWithoutSideEffects) {
   opt.step({gw, gb});
   PERFORMER_EXPECT_INVALID("adamw::add", "late is added after the first step",
                            opt.add("late", late));
+}
+
+// A run of 7 steps against one stopped after 3 whose state (parameters, moments, step count)
+// goes to a new optimiser, which takes the other 4: the same bits, with a learning-rate change
+// after the restore (a schedule) and clipping active.
+TEST(Adamw, RestoredOptimiserResumesWithTheSameBits) {
+  const adamw_options options{.weight_decay = 0.05, .max_grad_norm = 1.0};
+  const auto gradient = [](int t, index_t cols, int which) {
+    return gaussian_matrix(3, cols, 100 + 10 * t + which).cast<float>().eval();
+  };
+  const auto train = [&](adamw<float>& opt, int from, int to) {
+    for (int t = from; t < to; ++t) {
+      if (t == 5) opt.set_learning_rate(3e-4);
+      opt.step({gradient(t, 4, 0), gradient(t, 2, 1).topRows(1)});
+    }
+  };
+  row_matrix<float> w = gaussian_matrix(3, 4, 1).cast<float>();
+  row_matrix<float> b = gaussian_matrix(1, 2, 2).cast<float>();
+  adamw<float> straight(options);
+  straight.add("w", w);
+  straight.add("b", b, decay_policy::exempt);
+  train(straight, 0, 7);
+
+  row_matrix<float> w1 = gaussian_matrix(3, 4, 1).cast<float>();
+  row_matrix<float> b1 = gaussian_matrix(1, 2, 2).cast<float>();
+  adamw<float> first(options);
+  first.add("w", w1);
+  first.add("b", b1, decay_policy::exempt);
+  train(first, 0, 3);
+  row_matrix<float> w2 = w1, b2 = b1;  // the "checkpoint" of the parameters
+  adamw<float> resumed(options);
+  resumed.add("w", w2);
+  resumed.add("b", b2, decay_policy::exempt);
+  const std::vector<const_matrix_ref<float>> m{first.first_moment(0), first.first_moment(1)};
+  const std::vector<const_matrix_ref<float>> v{first.second_moment(0), first.second_moment(1)};
+  resumed.restore(first.steps(), m, v);
+  EXPECT_EQ(resumed.steps(), 3);
+  train(resumed, 3, 7);
+  EXPECT_TRUE(same_bits(w2, w) && same_bits(b2, b));
+  EXPECT_TRUE(same_bits(resumed.second_moment(0), straight.second_moment(0)));
+
+  // Without the moments (a model-only checkpoint) the continuation differs: the test can fail.
+  row_matrix<float> w3 = w1, b3 = b1;
+  adamw<float> fresh(options);
+  fresh.add("w", w3);
+  fresh.add("b", b3, decay_policy::exempt);
+  train(fresh, 3, 7);
+  EXPECT_FALSE(w3 == w);
+}
+
+// Every check of restore() runs before anything changes.
+TEST(Adamw, RejectsBadRestoredStateWithoutSideEffects) {
+  row_matrix<double> w = gaussian_matrix(2, 3, 6), b = gaussian_matrix(1, 3, 7);
+  adamw<double> opt;
+  opt.add("w", w);
+  opt.add("b", b);
+  opt.step({gaussian_matrix(2, 3, 8), gaussian_matrix(1, 3, 9)});
+  const row_matrix<double> m0 = opt.first_moment(1);
+  const row_matrix<double> mw = gaussian_matrix(2, 3, 10), mb = gaussian_matrix(1, 3, 11);
+  const row_matrix<double> vw = mw.cwiseAbs(), vb = mb.cwiseAbs();
+  row_matrix<double> nan_b = mb, negative_b = vb;
+  nan_b(0, 1) = std::numeric_limits<double>::quiet_NaN();
+  negative_b(0, 2) = -1e-30;
+  const row_matrix<double> wide(1, 4);
+  using list = std::vector<const_matrix_ref<double>>;
+  PERFORMER_EXPECT_INVALID("adamw::restore", "the step count is -1, expected >= 0",
+                           opt.restore(-1, list{mw, mb}, list{vw, vb}));
+  PERFORMER_EXPECT_INVALID("adamw::restore", "1 first and 2 second moments for 2 registered",
+                           opt.restore(4, list{mw}, list{vw, vb}));
+  PERFORMER_EXPECT_INVALID("adamw::restore", "the first moment of b is 1x4, expected 1x3",
+                           opt.restore(4, list{mw, wide}, list{vw, vb}));
+  PERFORMER_EXPECT_INVALID("adamw::restore", "the first moment of b contains a NaN",
+                           opt.restore(4, list{mw, nan_b}, list{vw, vb}));
+  PERFORMER_EXPECT_INVALID("adamw::restore", "the second moment of b has a negative entry",
+                           opt.restore(4, list{mw, mb}, list{vw, negative_b}));
+  PERFORMER_EXPECT_INVALID("adamw::restore", "the first moment of w is not zero at step 0",
+                           opt.restore(0, list{mw, mb}, list{vw, vb}));
+  EXPECT_EQ(opt.steps(), 1);
+  EXPECT_TRUE(opt.first_moment(1) == m0);
+  opt.restore(4, list{mw, mb}, list{vw, vb});
+  EXPECT_EQ(opt.steps(), 4);
+  EXPECT_TRUE(opt.second_moment(1) == vb);
 }
 
 }  // namespace

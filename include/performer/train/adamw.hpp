@@ -178,6 +178,52 @@ class adamw {
     return step(std::span<const const_matrix_ref<T>>(gradients.begin(), gradients.size()));
   }
 
+  /**
+   * @brief Restores what a checkpoint kept of a run: the step count and both moments of every
+   * registered tensor, in registration order (as steps(), first_moment() and second_moment()
+   * give them). beta1^t and beta2^t are recomputed by the multiplications step() made, so a
+   * run resumed from a restored optimiser (and its restored parameters) has the same bits as one
+   * that never stopped. Checks everything before changing anything. O(total size + steps).
+   * @throws performer::invalid_argument if steps < 0; if the number of first or second moments
+   * differs from size(); if a moment's shape differs from its tensor's; if a moment holds a NaN
+   * or an infinity, or a second moment a negative entry (naming the tensor); if steps is 0 and
+   * a moment is not (no step has fed it).
+   */
+  void restore(std::int64_t steps, std::span<const const_matrix_ref<T>> first,
+               std::span<const const_matrix_ref<T>> second) {
+    constexpr std::string_view who = "adamw::restore";
+    PERFORMER_PRECONDITION(steps >= 0, who, ": the step count is ", steps, ", expected >= 0");
+    PERFORMER_PRECONDITION(first.size() == slots_.size() && second.size() == slots_.size(), who,
+                           ": ", first.size(), " first and ", second.size(),
+                           " second moments for ", slots_.size(), " registered tensors");
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      const slot& s = slots_[i];
+      for (const auto* moment : {&first[i], &second[i]}) {
+        const char* which = moment == &first[i] ? "first" : "second";
+        PERFORMER_PRECONDITION(moment->rows() == s.rows && moment->cols() == s.cols, who, ": the ",
+                               which, " moment of ", s.name, " is ", detail::shape(*moment),
+                               ", expected ", s.rows, "x", s.cols);
+        PERFORMER_PRECONDITION(all_finite(*moment), who, ": the ", which, " moment of ", s.name,
+                               " contains a NaN or an infinity");
+        PERFORMER_PRECONDITION(steps > 0 || moment->isZero(0), who, ": the ", which,
+                               " moment of ", s.name, " is not zero at step 0");
+      }
+      PERFORMER_PRECONDITION((second[i].array() >= T(0)).all(), who, ": the second moment of ",
+                             s.name, " has a negative entry");
+    }
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      slots_[i].m = first[i];
+      slots_[i].v = second[i];
+    }
+    steps_ = steps;
+    beta1_power_ = 1.0;
+    beta2_power_ = 1.0;
+    for (std::int64_t t = 0; t < steps; ++t) {
+      beta1_power_ *= options_.beta1;
+      beta2_power_ *= options_.beta2;
+    }
+  }
+
   /// Sets the learning rate of the next steps (a warm-up or decay schedule). The decoupled
   /// decay scales with it, as in PyTorch. @throws performer::invalid_argument unless lr > 0
   /// and finite.
