@@ -6,6 +6,7 @@
 
 #include "io/attention_io.hpp"
 #include "io/block_tensors.hpp"
+#include "io/checkpoint.hpp"
 #include "io/model_description.hpp"
 #include "io/model_file.hpp"
 #include "io/safetensors.hpp"

@@ -154,29 +154,20 @@ template <storable_attention A>
   return m;
 }
 
-/**
- * @brief Saves `model` to `path` as docs/model_format.md describes: configuration in the
- * metadata, every tensor (PyTorch names and [out, in] layouts) stored as `type`. F32 for a
- * float model (F64 for double), the defaults, reproduce its logits bit for bit when loaded;
- * BF16 rounds every weight to 8 significant bits. The tensors are written straight from the
- * model's matrices (transposed block by block), so saving needs O(1) extra memory beyond the
- * LSH rotations.
- * `metadata` adds the caller's own string entries to `__metadata__` (an `alphabet`, a
- * tokenizer's name, provenance); load_model ignores them and safetensors_file::metadata() reads
- * them back.
- * @throws performer::invalid_argument as describe_model, safetensors_writer (the file cannot be
- * written; a value beyond the range of `type`), if `type` is not F32, F64 or BF16, or if a
- * `metadata` key is one the format writes itself (format, format_version, config).
- */
+namespace detail {
+
+/// save_model's writer, every tensor and metadata entry added, not yet written (a checkpoint
+/// adds the optimiser's). `model` must outlive it. @throws performer::invalid_argument as
+/// save_model, with `who`.
 template <storable_attention A>
-void save_model(const transformer_model<A>& model, const std::filesystem::path& path,
-                dtype type = default_dtype<typename A::scalar_type>,
-                const std::map<std::string, std::string>& metadata = {}) {
+[[nodiscard]] safetensors_writer model_writer(const transformer_model<A>& model, dtype type,
+                                              const std::map<std::string, std::string>& metadata,
+                                              const char* who) {
   const model_description m = describe_model(model);
   safetensors_writer w(type);
   for (const auto& [key, value] : metadata) {
     PERFORMER_PRECONDITION(key != "format" && key != "format_version" && key != "config",
-                           "save_model: the metadata key \"", key,
+                           who, ": the metadata key \"", key,
                            "\" is the format's own; choose another name");
     w.set_metadata(key, value);
   }
@@ -211,7 +202,30 @@ void save_model(const transformer_model<A>& model, const std::filesystem::path& 
     w.add(p + "ffn.fc2.bias", b.b_ff2);
     attention_io<A>::add(w, model.stack().layer(l).attention(), p + "attn.");
   }
-  w.write(path);
+  return w;
+}
+
+}  // namespace detail
+
+/**
+ * @brief Saves `model` to `path` as docs/model_format.md describes: configuration in the
+ * metadata, every tensor (PyTorch names and [out, in] layouts) stored as `type`. F32 for a
+ * float model (F64 for double), the defaults, reproduce its logits bit for bit when loaded;
+ * BF16 rounds every weight to 8 significant bits. The tensors are written straight from the
+ * model's matrices (transposed block by block), so saving needs O(1) extra memory beyond the
+ * LSH rotations.
+ * `metadata` adds the caller's own string entries to `__metadata__` (an `alphabet`, a
+ * tokenizer's name, provenance); load_model ignores them and safetensors_file::metadata() reads
+ * them back.
+ * @throws performer::invalid_argument as describe_model, safetensors_writer (the file cannot be
+ * written; a value beyond the range of `type`), if `type` is not F32, F64 or BF16, or if a
+ * `metadata` key is one the format writes itself (format, format_version, config).
+ */
+template <storable_attention A>
+void save_model(const transformer_model<A>& model, const std::filesystem::path& path,
+                dtype type = default_dtype<typename A::scalar_type>,
+                const std::map<std::string, std::string>& metadata = {}) {
+  detail::model_writer(model, type, metadata, "save_model").write(path);
 }
 
 /**

@@ -65,6 +65,40 @@ struct block_parameters {
   row_vector<T> norm3_gain, norm3_bias;  ///< 1 x d_model
 };
 
+/// Calls f(name, tensor) on every tensor of p (P is block_parameters<T>, const or not) in one
+/// fixed order: the matrices (the linear maps' weights) first, then the vectors; the
+/// cross-attention ones are included, empty without cross-attention. The one list of a block's
+/// tensors that gradients, the trainer's optimiser slots and checkpoints walk.
+template <class P, class F>
+void for_each_tensor(P& p, F&& f) {
+  f("w_q", p.w_q);
+  f("w_k", p.w_k);
+  f("w_v", p.w_v);
+  f("w_o", p.w_o);
+  f("w_ff1", p.w_ff1);
+  f("w_ff2", p.w_ff2);
+  f("w_cq", p.w_cq);
+  f("w_ck", p.w_ck);
+  f("w_cv", p.w_cv);
+  f("w_co", p.w_co);
+  f("b_q", p.b_q);
+  f("b_k", p.b_k);
+  f("b_v", p.b_v);
+  f("b_o", p.b_o);
+  f("b_ff1", p.b_ff1);
+  f("b_ff2", p.b_ff2);
+  f("norm1_gain", p.norm1_gain);
+  f("norm1_bias", p.norm1_bias);
+  f("norm2_gain", p.norm2_gain);
+  f("norm2_bias", p.norm2_bias);
+  f("b_cq", p.b_cq);
+  f("b_ck", p.b_ck);
+  f("b_cv", p.b_cv);
+  f("b_co", p.b_co);
+  f("norm3_gain", p.norm3_gain);
+  f("norm3_bias", p.norm3_bias);
+}
+
 namespace detail {
 
 /// The config with d_ff = 0 resolved. @throws invalid_argument as transformer_block's constructor.

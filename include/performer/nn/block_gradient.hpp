@@ -64,18 +64,11 @@ struct block_gradient {
     return g;
   }
 
-  /// Calls f on every tensor of p (the cross-attention ones included, empty when unused).
+  /// Calls f on every tensor of p (for_each_tensor's order; the cross-attention ones included,
+  /// empty when unused).
   template <class F>
   static void for_each_parameter(parameters_type& p, F&& f) {
-    for (auto* m : {&p.w_q, &p.w_k, &p.w_v, &p.w_o, &p.w_ff1, &p.w_ff2, &p.w_cq, &p.w_ck,
-                    &p.w_cv, &p.w_co}) {
-      f(*m);
-    }
-    for (auto* r : {&p.b_q, &p.b_k, &p.b_v, &p.b_o, &p.norm1_gain, &p.norm1_bias, &p.norm2_gain,
-                    &p.norm2_bias, &p.b_ff1, &p.b_ff2, &p.b_cq, &p.b_ck, &p.b_cv, &p.b_co,
-                    &p.norm3_gain, &p.norm3_bias}) {
-      f(*r);
-    }
+    for_each_tensor(p, [&](const char*, auto& tensor) { f(tensor); });
   }
 
   /**

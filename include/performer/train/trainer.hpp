@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../core/error.hpp"
@@ -79,12 +80,14 @@ class trainer {
     PERFORMER_PRECONDITION(!inputs.empty() && inputs.size() == targets.size(), who, ": ",
                            inputs.size(), " input sequences and ", targets.size(),
                            " target sequences; expected the same positive number");
+    counted_.assign(inputs.size(), 0.0);
     double total = 0;
     for (std::size_t b = 0; b < inputs.size(); ++b) {
       PERFORMER_PRECONDITION(inputs[b].size() == targets[b].size() && !inputs[b].empty(), who,
                              ": sequence ", b, " has ", inputs[b].size(), " inputs and ",
                              targets[b].size(), " targets");
-      for (const std::int64_t t : targets[b]) total += t == -1 ? 0.0 : 1.0;
+      for (const std::int64_t t : targets[b]) counted_[b] += t == -1 ? 0.0 : 1.0;
+      total += counted_[b];
     }
     PERFORMER_PRECONDITION(total > 0, who, ": no target in the batch is counted (all are -1)");
     zero(grads_);
@@ -94,8 +97,7 @@ class trainer {
       const auto n = static_cast<index_t>(inputs[b].size());
       logits_.resize(n, model_.config().vocab);
       pass::forward(model_, inputs[b], logits_, {}, causal, tape_, ws_);
-      double counted = 0;
-      for (const std::int64_t t : targets[b]) counted += t == -1 ? 0.0 : 1.0;
+      const double counted = counted_[b];
       if (counted == 0) continue;
       // cross_entropy averages over this sequence's targets; rescale to the batch's mean.
       loss += cross_entropy<T>(logits_, targets[b], logits_) * counted / total;
@@ -111,6 +113,8 @@ class trainer {
     return loss;
   }
 
+  /// The model being trained.
+  [[nodiscard]] const model_type& model() const noexcept { return model_; }
   [[nodiscard]] adamw<T>& optimizer() noexcept { return optimizer_; }
   [[nodiscard]] const adamw<T>& optimizer() const noexcept { return optimizer_; }
   /// The global gradient norm of the last step, before clipping.
@@ -129,19 +133,12 @@ class trainer {
     put("w_out", m.w_out, decay_policy::decay);
     put("b_out", m.b_out, decay_policy::exempt);
     for (std::size_t l = 0; l < blocks.size(); ++l) {
-      auto& p = blocks[l];
-      const std::string layer = "layer " + std::to_string(l) + " ";
-      for (auto [name, w] : {std::pair{"w_q", &p.w_q}, {"w_k", &p.w_k}, {"w_v", &p.w_v},
-                             {"w_o", &p.w_o}, {"w_ff1", &p.w_ff1}, {"w_ff2", &p.w_ff2}}) {
-        put(layer + name, *w, decay_policy::decay);
-      }
-      for (auto [name, r] :
-           {std::pair{"b_q", &p.b_q}, {"b_k", &p.b_k}, {"b_v", &p.b_v}, {"b_o", &p.b_o},
-            {"b_ff1", &p.b_ff1}, {"b_ff2", &p.b_ff2}, {"norm1_gain", &p.norm1_gain},
-            {"norm1_bias", &p.norm1_bias}, {"norm2_gain", &p.norm2_gain},
-            {"norm2_bias", &p.norm2_bias}}) {
-        put(layer + name, *r, decay_policy::exempt);
-      }
+      const std::string layer = "layers." + std::to_string(l) + ".";
+      for_each_tensor(blocks[l], [&](const char* name, auto& tensor) {
+        // The linear maps' weights (the matrices) decay; biases and LayerNorm's do not.
+        constexpr bool weight = std::remove_reference_t<decltype(tensor)>::RowsAtCompileTime != 1;
+        put(layer + name, tensor, weight ? decay_policy::decay : decay_policy::exempt);
+      });
     }
     put("final_norm_gain", gain, decay_policy::exempt);
     put("final_norm_bias", bias, decay_policy::exempt);
@@ -162,6 +159,7 @@ class trainer {
   typename pass::tape_type tape_;
   typename pass::workspace_type ws_;
   row_matrix<T> logits_;
+  std::vector<double> counted_;  // each sequence's counted targets, in the current step
   double last_norm_ = 0;
 };
 
