@@ -3,7 +3,7 @@
 //
 //   performer_example_train_protein FILE.fa [--steps 200] [--window 128] [--batch 8]
 //       [--layers 2] [--d-model 64] [--heads 4] [--features 64] [--lr 3e-3] [--seed 1]
-//       [--min-drop X] [--save MODEL.safetensors]
+//       [--min-drop X] [--save RUN.safetensors] [--resume RUN.safetensors]
 //
 // Each step draws `batch` windows of `window` residues from the records (shorter records whole),
 // corrupts 15% of each window by BERT's recipe (80% the mask token, 10% a random residue, 10%
@@ -11,8 +11,11 @@
 // clipping). Tokens are the 20 amino acids, X for anything else, and the mask token. A progress
 // line shows the step, the loss and its running mean; the end compares the mean loss of the
 // first and the last tenth of the steps (with --min-drop X the program fails unless it fell by
-// at least X nats: the example's test). With --save (when built with the io component) the
-// trained model is written as a model file with its alphabet.
+// at least X nats: the example's test). With the io component, --save writes a checkpoint: the
+// model file with its alphabet (performer_run and load_model read it) plus AdamW's state; and
+// --resume continues a checkpoint's run up to --steps in all, with the bits of a run that never
+// stopped, given the same FASTA file, --seed, --window, --batch and --lr (step s's windows and
+// masks come from seeds derived from s; the model's shape comes from the file).
 //
 // Real proteins: Debian's hmmer-examples package has FASTA files under
 // /usr/share/doc/hmmer/examples/ (e.g. tutorial/globins45.fa, 45 globins).
@@ -27,7 +30,7 @@
 #include <performer/performer.hpp>
 
 #ifdef PERFORMER_EXAMPLES_WITH_IO
-#include <performer/io/model_file.hpp>
+#include <performer/io/checkpoint.hpp>
 #endif
 
 #include "command_line.hpp"
@@ -39,7 +42,7 @@ using performer::index_t;
 using favor = performer::favor_attention<float>;
 
 struct options {
-  std::string path, save;
+  std::string path, save, resume;
   index_t steps = 200, window = 128, batch = 8, layers = 2, d_model = 64, heads = 4;
   index_t features = 64;
   double lr = 3e-3, min_drop = -1;
@@ -66,6 +69,7 @@ options parse(int argc, char** argv) {
     else if (flag == "--lr") o.lr = args::number(flag, read.value(i));
     else if (flag == "--min-drop") o.min_drop = args::number(flag, read.value(i));
     else if (flag == "--save") o.save = read.value(i);
+    else if (flag == "--resume") o.resume = read.value(i);
     else if (!flag.starts_with("--") && o.path.empty()) o.path = flag;
     else throw std::invalid_argument("unknown option " + flag);
   }
@@ -103,7 +107,19 @@ void progress(index_t step, index_t steps, double loss, double recent, index_t s
   std::fflush(stdout);
 }
 
+/// The model of a checkpoint (--resume).
+performer::transformer_model<favor> load([[maybe_unused]] const std::string& path) {
+#ifdef PERFORMER_EXAMPLES_WITH_IO
+  return performer::io::load_model<favor>(path);
+#else
+  throw std::invalid_argument("--resume needs the io component (nlohmann-json)");
+#endif
+}
+
 int run(const options& o) {
+#ifndef PERFORMER_EXAMPLES_WITH_IO
+  if (!o.save.empty()) throw std::invalid_argument("--save needs the io component (nlohmann-json)");
+#endif
   const auto records = protein_input::read_fasta(o.path);
   std::vector<std::vector<std::int64_t>> tokens;
   std::size_t residues = 0;
@@ -121,23 +137,42 @@ int run(const options& o) {
   config.block.heads = o.heads;
   config.block.rotary = true;
   const index_t head_dim = o.d_model / o.heads;
-  performer::transformer_model<favor> model(
-      config, [&](index_t, std::uint64_t seed) { return favor(head_dim, o.features, seed); },
-      o.seed);
+  auto model = o.resume.empty()
+                   ? performer::transformer_model<favor>(
+                         config,
+                         [&](index_t, std::uint64_t seed) { return favor(head_dim, o.features, seed); },
+                         o.seed)
+                   : load(o.resume);
   performer::trainer<favor> train(model, {.learning_rate = o.lr, .max_grad_norm = 1.0});
+  index_t done = 0;  // steps the run had taken before this process
+  if (!o.resume.empty()) {
+#ifdef PERFORMER_EXAMPLES_WITH_IO
+    performer::io::load_optimizer_state(train, o.resume);
+    done = static_cast<index_t>(train.optimizer().steps());
+    std::printf("resumed %s after step %lld\n", o.resume.c_str(), static_cast<long long>(done));
+#endif
+  }
+  const performer::model_config& shape = model.config();
   std::printf("masked-LM, FAVOR+ (m = %lld), %lld layers, d_model %lld, %lld heads; %lld steps "
               "of %lld windows of up to %lld residues\n",
-              static_cast<long long>(o.features), static_cast<long long>(o.layers),
-              static_cast<long long>(o.d_model), static_cast<long long>(o.heads),
-              static_cast<long long>(o.steps), static_cast<long long>(o.batch),
-              static_cast<long long>(o.window));
+              static_cast<long long>(model.stack().layer(0).attention().feature_count()),
+              static_cast<long long>(shape.layers), static_cast<long long>(shape.block.d_model),
+              static_cast<long long>(shape.block.heads), static_cast<long long>(o.steps),
+              static_cast<long long>(o.batch), static_cast<long long>(o.window));
+  if (done >= o.steps) {
+    throw std::invalid_argument("the checkpoint has taken " + std::to_string(done) +
+                                " steps already; --steps counts them, so ask for more");
+  }
 
-  performer::detail::xoshiro256ss rng(o.seed);
   std::vector<std::vector<std::int64_t>> inputs(static_cast<std::size_t>(o.batch));
   std::vector<std::vector<std::int64_t>> targets(inputs.size());
   std::vector<double> losses;
-  const index_t span = std::max<index_t>(1, o.steps / 10);
-  for (index_t step = 1; step <= o.steps; ++step) {
+  const index_t span = std::max<index_t>(1, (o.steps - done) / 10);
+  for (index_t step = done + 1; step <= o.steps; ++step) {
+    // Step s's windows and masks depend on s alone, so a resumed run draws what an unbroken
+    // one would.
+    performer::detail::xoshiro256ss rng(
+        performer::detail::derive_seed(~o.seed, static_cast<std::uint64_t>(step)));
     for (std::size_t b = 0; b < inputs.size(); ++b) {
       const auto window = draw_window(tokens, o.window, rng);
       auto e = performer::masked_lm_targets(
@@ -163,11 +198,9 @@ int run(const options& o) {
               start, static_cast<long long>(span), end, static_cast<long long>(span), 3.045);
   if (!o.save.empty()) {
 #ifdef PERFORMER_EXAMPLES_WITH_IO
-    performer::io::save_model(model, o.save, performer::io::dtype::f32,
-                              {{"alphabet", std::string(protein_input::amino_alphabet) + "#"}});
-    std::printf("saved the trained model to %s\n", o.save.c_str());
-#else
-    throw std::invalid_argument("--save needs the io component (nlohmann-json)");
+    performer::io::save_checkpoint(
+        train, o.save, {{"alphabet", std::string(protein_input::amino_alphabet) + "#"}});
+    std::printf("saved the model and the optimiser's state to %s\n", o.save.c_str());
 #endif
   }
   if (o.min_drop >= 0 && start - end < o.min_drop) {
@@ -186,7 +219,8 @@ int main(int argc, char** argv) {
       const options d;
       std::printf("usage: performer_example_train_protein FILE.fa [--steps %lld] [--window %lld] "
                   "[--batch %lld] [--layers %lld] [--d-model %lld] [--heads %lld] "
-                  "[--features %lld] [--lr %g] [--seed %llu] [--min-drop X] [--save MODEL]\n",
+                  "[--features %lld] [--lr %g] [--seed %llu] [--min-drop X] [--save RUN] "
+                  "[--resume RUN]\n",
                   static_cast<long long>(d.steps), static_cast<long long>(d.window),
                   static_cast<long long>(d.batch), static_cast<long long>(d.layers),
                   static_cast<long long>(d.d_model), static_cast<long long>(d.heads),
