@@ -17,6 +17,7 @@
 #include "../core/detail/parallel.hpp"
 #include "../core/validate.hpp"
 #include "../core/error.hpp"
+#include "../core/gradient.hpp"
 #include "feature_map.hpp"
 #include "features/positive_features.hpp"
 #include "../random/projection.hpp"
@@ -197,6 +198,10 @@ class favor_attention {
   }
 
  private:
+  // The backward (favor/favor_gradient.hpp) maps features and folds key states with the
+  // helpers below, so that it recomputes exactly what the forward computed.
+  friend struct attention_gradient<favor_attention>;
+
   static constexpr Acc minus_inf = -std::numeric_limits<Acc>::infinity();
 
   /// Segments a sequence of n tokens is split into (a function of n and the options only).

@@ -48,8 +48,9 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
   /// Scratch: B (or C) rows of features and their gradients; the causal path adds g, h and
   /// the shift of every token (O(N d_v)).
   struct workspace_type {
-    row_matrix<T> phi_q, phi_k, dphi, g, scores, mix;
-    vector<T> log_q, log_k, dlog, den, h, factor, weights, shift;
+    typename attention_type::lane_type lane;  ///< the forward's feature and weight buffers
+    row_matrix<T> dphi, g, scores, mix;
+    vector<T> dlog, den, h, factor, shift;
     favor_state<T> state, adjoint;
   };
 
@@ -117,8 +118,9 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
     void prepare() const {
       const index_t m = a.feature_count();
       const index_t rows = block();
-      for (auto* phi : {&ws.phi_q, &ws.phi_k, &ws.dphi}) phi->resize(rows, m);
-      for (auto* vec : {&ws.log_q, &ws.log_k, &ws.dlog, &ws.den, &ws.factor, &ws.weights}) {
+      for (auto* phi : {&ws.lane.phi_q, &ws.lane.phi_k, &ws.dphi}) phi->resize(rows, m);
+      for (auto* vec : {&ws.lane.log_q, &ws.lane.log_k, &ws.dlog, &ws.den, &ws.factor,
+                        &ws.lane.weights}) {
         vec->resize(rows);
       }
       ws.scores.resize(chunk(), chunk());
@@ -135,15 +137,10 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       }
     }
 
-    /// Features of rows [r0, r0 + rows) of x into phi / log_scale; padded keys get -inf.
+    /// The forward's features of rows [r0, r0 + rows) of x; padded keys get log scale -inf.
     void features(const const_matrix_ref<T>& x, index_t r0, index_t rows, row_matrix<T>& phi,
                   vector<T>& log_scale, bool keys) const {
-      map.apply(a.projection().matrix(), x.middleRows(r0, rows), phi.topRows(rows),
-                log_scale.head(rows));
-      if (!keys || mask.key_mask.empty()) return;
-      for (index_t j = 0; j < rows; ++j) {
-        if (!mask.keeps(static_cast<std::size_t>(r0 + j))) log_scale(j) = minus_inf;
-      }
+      a.features_of(map, x, r0, rows, phi, log_scale, keys ? &mask : nullptr);
     }
 
     /// g = dout / den and h = -(dout . out) / den for queries [t0, t0 + rows) into g_rows and
@@ -166,35 +163,21 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
     void key_backward(index_t r0, index_t rows) const {
       auto dphi = ws.dphi.topRows(rows);
       auto dlog = ws.dlog.head(rows);
-      dlog = dphi.cwiseProduct(ws.phi_k.topRows(rows)).rowwise().sum();
-      map.backward(a.projection().matrix(), k.middleRows(r0, rows), ws.phi_k.topRows(rows),
-                   ws.log_k.head(rows), dphi, dlog, dk.middleRows(r0, rows));
+      dlog = dphi.cwiseProduct(ws.lane.phi_k.topRows(rows)).rowwise().sum();
+      map.backward(a.projection().matrix(), k.middleRows(r0, rows), ws.lane.phi_k.topRows(rows),
+                   ws.lane.log_k.head(rows), dphi, dlog, dk.middleRows(r0, rows));
     }
 
-    /// Pass 1 (bidirectional): S, z of every key, relative to their largest log scale.
-    void key_state() const {
-      favor_state<T>& st = ws.state;
-      for (index_t k0 = 0; k0 < k.rows(); k0 += block()) {
-        const index_t rows = rows_at(k0, k.rows());
-        features(k, k0, rows, ws.phi_k, ws.log_k, true);
-        const T top = ws.log_k.head(rows).maxCoeff();
-        if (top == minus_inf) continue;  // padding only
-        st.raise(top);
-        auto phi = ws.phi_k.topRows(rows);
-        for (index_t j = 0; j < rows; ++j) {
-          phi.row(j) *= detail::shifted_exp(ws.log_k(j), st.shift);
-        }
-        st.fold(phi, v.middleRows(k0, rows));
-      }
-    }
+    /// Pass 1 (bidirectional): S, z of every key, as the forward computes them.
+    void key_state() const { a.key_state(map, k, v, mask, 0, k.rows(), ws.state, ws.lane); }
 
     /// Pass 2 (bidirectional): dq, and the adjoint state G, H of every query.
     void query_sweep() const {
       const favor_state<T>& st = ws.state;
       for (index_t q0 = 0; q0 < q.rows(); q0 += block()) {
         const index_t rows = rows_at(q0, q.rows());
-        features(q, q0, rows, ws.phi_q, ws.log_q, false);
-        const auto phi = ws.phi_q.topRows(rows);
+        features(q, q0, rows, ws.lane.phi_q, ws.lane.log_q, false);
+        const auto phi = ws.lane.phi_q.topRows(rows);
         auto g = ws.g.topRows(rows);
         auto h = ws.h.head(rows);
         ws.den.head(rows).noalias() = phi * st.norm;
@@ -205,7 +188,7 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
         dphi.noalias() = g * st.sum.transpose();
         dphi.noalias() += h * st.norm.transpose();
         ws.dlog.head(rows).setZero();  // a query's own scale cancels in out
-        map.backward(a.projection().matrix(), q.middleRows(q0, rows), phi, ws.log_q.head(rows),
+        map.backward(a.projection().matrix(), q.middleRows(q0, rows), phi, ws.lane.log_q.head(rows),
                      dphi, ws.dlog.head(rows), dq.middleRows(q0, rows));
       }
     }
@@ -216,10 +199,10 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       const favor_state<T>& adj = ws.adjoint;
       for (index_t k0 = 0; k0 < k.rows(); k0 += block()) {
         const index_t rows = rows_at(k0, k.rows());
-        features(k, k0, rows, ws.phi_k, ws.log_k, true);
-        auto w = ws.weights.head(rows);
-        for (index_t j = 0; j < rows; ++j) w(j) = detail::shifted_exp(ws.log_k(j), st.shift);
-        const auto phi = ws.phi_k.topRows(rows);
+        features(k, k0, rows, ws.lane.phi_k, ws.lane.log_k, true);
+        auto w = ws.lane.weights.head(rows);
+        for (index_t j = 0; j < rows; ++j) w(j) = detail::shifted_exp(ws.lane.log_k(j), st.shift);
+        const auto phi = ws.lane.phi_k.topRows(rows);
         auto dphi = ws.dphi.topRows(rows);
         dphi.noalias() = v.middleRows(k0, rows) * adj.sum.transpose();
         dphi.rowwise() += adj.norm.transpose();
@@ -245,14 +228,14 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       favor_state<T>& st = ws.state;
       for (index_t b0 = 0; b0 < q.rows(); b0 += block()) {
         const index_t block_rows = rows_at(b0, q.rows());
-        features(q, b0, block_rows, ws.phi_q, ws.log_q, false);
-        features(k, b0, block_rows, ws.phi_k, ws.log_k, true);
+        features(q, b0, block_rows, ws.lane.phi_q, ws.lane.log_q, false);
+        features(k, b0, block_rows, ws.lane.phi_k, ws.lane.log_k, true);
         for (index_t c = 0; c < block_rows; c += chunk()) {
           forward_chunk(b0 + c, c, std::min(chunk(), block_rows - c), st);
         }
         ws.dlog.head(block_rows).setZero();
         map.backward(a.projection().matrix(), q.middleRows(b0, block_rows),
-                     ws.phi_q.topRows(block_rows), ws.log_q.head(block_rows),
+                     ws.lane.phi_q.topRows(block_rows), ws.lane.log_q.head(block_rows),
                      ws.dphi.topRows(block_rows), ws.dlog.head(block_rows),
                      dq.middleRows(b0, block_rows));
       }
@@ -260,8 +243,8 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
 
     /// Tokens [t0, t0 + rows), rows [r0, r0 + rows) of the block's buffers.
     void forward_chunk(index_t t0, index_t r0, index_t rows, favor_state<T>& st) const {
-      const auto phi_q = ws.phi_q.middleRows(r0, rows);
-      const auto log_k = ws.log_k.segment(r0, rows);
+      const auto phi_q = ws.lane.phi_q.middleRows(r0, rows);
+      const auto log_k = ws.lane.log_k.segment(r0, rows);
       const auto v_c = v.middleRows(t0, rows);
       auto shift = ws.shift.segment(t0, rows);
       auto factor = ws.factor.head(rows);
@@ -274,7 +257,7 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       auto weights = ws.mix.topLeftCorner(rows, rows);
       causal_weights(log_k, shift, weights);
       auto p = ws.scores.topLeftCorner(rows, rows);
-      p.noalias() = phi_q * ws.phi_k.middleRows(r0, rows).transpose();
+      p.noalias() = phi_q * ws.lane.phi_k.middleRows(r0, rows).transpose();
       p.array() *= weights.array();
       auto den = ws.den.head(rows);
       den.noalias() = phi_q * st.norm;
@@ -291,13 +274,9 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       e.noalias() = g * v_c.transpose();
       e.colwise() += h;
       e.array() *= weights.array();
-      dphi.noalias() += e * ws.phi_k.middleRows(r0, rows);
-      // The chunk's keys join the carried state at the chunk's last shift (as the forward).
-      st.raise(shift(rows - 1));
-      if (st.shift == minus_inf) return;
-      auto phi_k = ws.phi_k.middleRows(r0, rows);
-      for (index_t j = 0; j < rows; ++j) phi_k.row(j) *= detail::shifted_exp(log_k(j), st.shift);
-      st.fold(phi_k, v_c);
+      dphi.noalias() += e * ws.lane.phi_k.middleRows(r0, rows);
+      // The chunk's keys join the carried state at the chunk's last shift, as in the forward.
+      a.accumulate(ws.lane.phi_k.middleRows(r0, rows), log_k, v_c, st, shift(rows - 1), ws.lane);
     }
 
     /// Reverse sweep (causal): dk and dv, carrying the adjoint suffix state G, H.
@@ -306,8 +285,8 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       const index_t last = (n - 1) / block() * block();
       for (index_t b0 = last; b0 >= 0; b0 -= block()) {
         const index_t block_rows = rows_at(b0, n);
-        features(q, b0, block_rows, ws.phi_q, ws.log_q, false);
-        features(k, b0, block_rows, ws.phi_k, ws.log_k, true);
+        features(q, b0, block_rows, ws.lane.phi_q, ws.lane.log_q, false);
+        features(k, b0, block_rows, ws.lane.phi_k, ws.lane.log_k, true);
         const index_t last_chunk = (block_rows - 1) / chunk() * chunk();
         for (index_t c = last_chunk; c >= 0; c -= chunk()) {
           reverse_chunk(b0 + c, c, std::min(chunk(), block_rows - c));
@@ -318,9 +297,9 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
 
     void reverse_chunk(index_t t0, index_t r0, index_t rows) const {
       favor_state<T>& adj = ws.adjoint;  // relative to the shift of the first later token
-      auto phi_q = ws.phi_q.middleRows(r0, rows);
-      const auto phi_k = ws.phi_k.middleRows(r0, rows);
-      const auto log_k = ws.log_k.segment(r0, rows);
+      auto phi_q = ws.lane.phi_q.middleRows(r0, rows);
+      const auto phi_k = ws.lane.phi_k.middleRows(r0, rows);
+      const auto log_k = ws.lane.log_k.segment(r0, rows);
       const auto v_c = v.middleRows(t0, rows);
       const auto shift = ws.shift.segment(t0, rows);
       const auto g = ws.g.middleRows(t0, rows);
