@@ -1,8 +1,13 @@
 // Covers performer/nn/block_gradient.hpp: the training forward against the block's own forward,
 // and dL/dx and dL/d(every parameter) against central finite differences in double
 // (support/gradient_check.hpp says why 1e-7), for exact and FAVOR+ attention, both LayerNorm
-// placements, GELU and ReLU, rotary embeddings, causal masking and key padding.
+// placements, GELU and ReLU, rotary embeddings, causal masking and key padding; and the heads,
+// run in parallel, give the bits of one thread.
 #include <gtest/gtest.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <cstdint>
 #include <string>
@@ -12,6 +17,7 @@
 #include <performer/nn/block_gradient.hpp>
 #include <performer/softmax/softmax_gradient.hpp>
 #include <performer/testing/expect_invalid.hpp>
+#include <performer/testing/helpers.hpp>
 
 #include "support/gradient_check.hpp"
 
@@ -183,6 +189,60 @@ TEST(BlockGradient, BackwardAccumulatesParameterGradients) {
   EXPECT_LT(test::relative_error(row_matrix<double>(twice.norm1_gain),
                                  row_matrix<double>(2 * once.norm1_gain)),
             1e-15);
+}
+
+// The heads run in parallel (one per lane); each head's result must not depend on which
+// thread ran it or on how many there are. FAVOR+ at 2,048 tokens and min_segment 256 would
+// split each head into segments if it ran alone, so this also covers a mechanism that would
+// have threaded itself. (At 80 tokens the heads were too short to overlap: lanes sharing one
+// workspace went unnoticed.)
+TEST(BlockGradient, HeadsInParallelGiveTheBitsOfOneThread) {
+#ifndef _OPENMP
+  GTEST_SKIP() << "built without OpenMP: there is only one thread count to compare";
+#else
+  using A = favor_attention<float>;
+  using grad = block_gradient<A>;
+  block_config c;
+  c.d_model = 32;
+  c.heads = 4;
+  c.rotary = true;
+  const A favor(8, 16, 5, {}, {}, {.block = 64, .chunk = 16, .min_segment = 256});
+  const transformer_block<A> block(c, favor, 9);
+  const index_t n = 2048;
+  const row_matrix<float> x = gaussian_matrix(n, 32, 21).cast<float>();
+  const row_matrix<float> dy = gaussian_matrix(n, 32, 22).cast<float>();
+  struct result {
+    row_matrix<float> y, dx;
+    grad::parameters_type grads;
+  };
+  const auto run = [&](bool causal) {
+    result r{row_matrix<float>(n, 32), row_matrix<float>(n, 32), grad::zero_gradients(block)};
+    grad::tape_type tape;
+    grad::workspace_type ws;
+    grad::forward(block, x, r.y, {}, causal, tape, ws);
+    grad::backward(block, tape, dy, r.dx, r.grads, ws);
+    return r;
+  };
+  const int threads = omp_get_max_threads();
+  const int eigen_threads = Eigen::nbThreads();
+  Eigen::setNbThreads(1);  // Eigen's own threaded products block differently (README, Threads)
+  for (const bool causal : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "causal=" << causal);
+    std::vector<result> results;
+    for (const int t : {1, 2, 3}) {
+      omp_set_num_threads(t);
+      results.push_back(run(causal));
+    }
+    for (std::size_t t = 1; t < results.size(); ++t) {
+      EXPECT_TRUE(conformance::same_bits(results[0].y, results[t].y)) << t + 1 << " threads";
+      EXPECT_TRUE(conformance::same_bits(results[0].dx, results[t].dx)) << t + 1 << " threads";
+      EXPECT_TRUE(conformance::same_bits(results[0].grads.w_q, results[t].grads.w_q)) << t + 1 << " threads";
+      EXPECT_TRUE(conformance::same_bits(results[0].grads.w_v, results[t].grads.w_v)) << t + 1 << " threads";
+    }
+  }
+  omp_set_num_threads(threads);
+  Eigen::setNbThreads(eigen_threads);
+#endif
 }
 
 TEST(BlockGradient, BadArgumentsThrow) {

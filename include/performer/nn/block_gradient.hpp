@@ -9,6 +9,7 @@
 
 #include "../core/attention_mask.hpp"
 #include "../core/error.hpp"
+#include "../core/detail/parallel.hpp"
 #include "../core/gradient.hpp"
 #include "../core/types.hpp"
 #include "../core/validate.hpp"
@@ -28,7 +29,9 @@ namespace performer {
  * The tape holds O(N (8 D + F)) scalars (the LayerNorm inputs and outputs, q, k, v, the heads'
  * context, the feed-forward's pre-activations) and what the mechanism keeps per head (O(N) at
  * most): linear in N for every mechanism whose backward is, with no N x N buffer unless the
- * mechanism itself has one (materialised exact attention). Time about 3 forwards.
+ * mechanism itself has one (materialised exact attention). Time about 3 forwards. The heads
+ * run in parallel (OpenMP, one mechanism workspace per thread); each head's result, and so the
+ * block's, has the same bits on any thread count.
  *
  * Both LayerNorm placements, GELU and ReLU, rotary embeddings, key padding and causal masking
  * per call are supported; cross-attention is not yet (forward() throws).
@@ -50,11 +53,11 @@ struct block_gradient {
     bool causal = false;
   };
 
-  /// Scratch of both passes.
+  /// Scratch of both passes; the mechanism's, one per lane (heads run in parallel).
   struct workspace_type {
     row_matrix<T> activated, dhidden, dsum, dnormed, dq, dk, dv, dcontext;
-    typename Attention::workspace_type attention;
-    typename attention_gradient_type::workspace_type gradient;
+    std::vector<typename Attention::workspace_type> attention;
+    std::vector<typename attention_gradient_type::workspace_type> gradient;
   };
 
   /// Zero gradients shaped like b's parameters (what backward() accumulates into).
@@ -107,13 +110,15 @@ struct block_gradient {
     t.context.resize(x.rows(), c.d_model);
     t.saved.resize(static_cast<std::size_t>(h));
     const attention_mask mask{causal, t.key_mask};
-    for (index_t head = 0; head < h; ++head) {
+    ws.attention.resize(static_cast<std::size_t>(detail::lanes_for(h)));
+    detail::parallel_for(h, [&](index_t head, index_t lane) {
       const index_t c0 = head * dh;
       attention_gradient_type::forward(b.attention(), t.q.middleCols(c0, dh),
                                        t.k.middleCols(c0, dh), t.v.middleCols(c0, dh),
-                                       t.context.middleCols(c0, dh), mask, ws.attention,
+                                       t.context.middleCols(c0, dh), mask,
+                                       ws.attention[static_cast<std::size_t>(lane)],
                                        t.saved[static_cast<std::size_t>(head)]);
-    }
+    });
     project(t.context, p.w_o, p.b_o, t.sum1);
     t.sum1 += t.x;
     if (!pre) {
@@ -229,14 +234,15 @@ struct block_gradient {
     const index_t h = b.config().heads, dh = d / h;
     for (auto* m : {&ws.dq, &ws.dk, &ws.dv}) m->resize(n, d);
     const attention_mask mask{t.causal, t.key_mask};
-    for (index_t head = 0; head < h; ++head) {
+    ws.gradient.resize(static_cast<std::size_t>(detail::lanes_for(h)));
+    detail::parallel_for(h, [&](index_t head, index_t lane) {
       const index_t c0 = head * dh;
       attention_gradient_type::backward(
           b.attention(), t.q.middleCols(c0, dh), t.k.middleCols(c0, dh), t.v.middleCols(c0, dh),
           t.context.middleCols(c0, dh), ws.dcontext.middleCols(c0, dh), ws.dq.middleCols(c0, dh),
-          ws.dk.middleCols(c0, dh), ws.dv.middleCols(c0, dh), mask, ws.gradient,
-          t.saved[static_cast<std::size_t>(head)]);
-    }
+          ws.dk.middleCols(c0, dh), ws.dv.middleCols(c0, dh), mask,
+          ws.gradient[static_cast<std::size_t>(lane)], t.saved[static_cast<std::size_t>(head)]);
+    });
   }
 };
 
