@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "../core/validate.hpp"
 #include "../core/error.hpp"
 #include "../core/gradient.hpp"
+#include "detail/accumulator.hpp"
 #include "feature_map.hpp"
 #include "features/positive_features.hpp"
 #include "../random/projection.hpp"
@@ -28,32 +30,6 @@
 
 namespace performer {
 
-namespace detail {
-
-/// A cast copy of `m` in the top rows of `buffer`. The buffer only ever grows: a ragged last
-/// chunk must not shrink it, or the next call's full chunk would allocate again.
-template <class Acc, class M>
-auto cast_into(const M& m, row_matrix<Acc>& buffer) {
-  if (buffer.rows() < m.rows() || buffer.cols() != m.cols()) {
-    buffer.resize(std::max(buffer.rows(), m.rows()), m.cols());
-  }
-  auto rows = buffer.topRows(m.rows());
-  rows = m.template cast<Acc>();
-  return rows;
-}
-
-/// Returns `m` itself when its scalar is already Acc, else a cast copy held in `buffer`.
-template <class Acc, class M>
-decltype(auto) as_accumulator(const M& m, row_matrix<Acc>& buffer) {
-  if constexpr (std::is_same_v<typename M::Scalar, Acc>) {
-    static_cast<void>(buffer);
-    return (m);
-  } else {
-    return cast_into<Acc>(m, buffer);
-  }
-}
-
-}  // namespace detail
 
 /**
  * @brief FAVOR+ attention: softmax attention approximated with random features,
