@@ -227,23 +227,22 @@ TEST(Adamw, RestoredOptimiserResumesWithTheSameBits) {
       opt.step({gradient(t, 4, 0), gradient(t, 2, 1).topRows(1)});
     }
   };
+  const auto optimiser_of = [&](row_matrix<float>& w, row_matrix<float>& b) {
+    adamw<float> opt(options);
+    opt.add("w", w);
+    opt.add("b", b, decay_policy::exempt);
+    return opt;
+  };
   row_matrix<float> w = gaussian_matrix(3, 4, 1).cast<float>();
   row_matrix<float> b = gaussian_matrix(1, 2, 2).cast<float>();
-  adamw<float> straight(options);
-  straight.add("w", w);
-  straight.add("b", b, decay_policy::exempt);
+  row_matrix<float> w1 = w, b1 = b;
+  adamw<float> straight = optimiser_of(w, b);
   train(straight, 0, 7);
 
-  row_matrix<float> w1 = gaussian_matrix(3, 4, 1).cast<float>();
-  row_matrix<float> b1 = gaussian_matrix(1, 2, 2).cast<float>();
-  adamw<float> first(options);
-  first.add("w", w1);
-  first.add("b", b1, decay_policy::exempt);
+  adamw<float> first = optimiser_of(w1, b1);
   train(first, 0, 3);
   row_matrix<float> w2 = w1, b2 = b1;  // the "checkpoint" of the parameters
-  adamw<float> resumed(options);
-  resumed.add("w", w2);
-  resumed.add("b", b2, decay_policy::exempt);
+  adamw<float> resumed = optimiser_of(w2, b2);
   const std::vector<const_matrix_ref<float>> m{first.first_moment(0), first.first_moment(1)};
   const std::vector<const_matrix_ref<float>> v{first.second_moment(0), first.second_moment(1)};
   resumed.restore(first.steps(), m, v);
@@ -254,9 +253,7 @@ TEST(Adamw, RestoredOptimiserResumesWithTheSameBits) {
 
   // Without the moments (a model-only checkpoint) the continuation differs: the test can fail.
   row_matrix<float> w3 = w1, b3 = b1;
-  adamw<float> fresh(options);
-  fresh.add("w", w3);
-  fresh.add("b", b3, decay_policy::exempt);
+  adamw<float> fresh = optimiser_of(w3, b3);
   train(fresh, 3, 7);
   EXPECT_FALSE(w3 == w);
 }
