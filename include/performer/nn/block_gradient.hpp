@@ -110,8 +110,8 @@ struct block_gradient {
     t.context.resize(x.rows(), c.d_model);
     t.saved.resize(static_cast<std::size_t>(h));
     const attention_mask mask{causal, t.key_mask};
-    ws.attention.resize(static_cast<std::size_t>(detail::lanes_for(h)));
-    detail::parallel_for(h, [&](index_t head, index_t lane) {
+    ws.attention.resize(static_cast<std::size_t>(head_lanes(h, x.rows() * dh)));
+    for_heads(h, ws.attention.size(), [&](index_t head, index_t lane) {
       const index_t c0 = head * dh;
       attention_gradient_type::forward(b.attention(), t.q.middleCols(c0, dh),
                                        t.k.middleCols(c0, dh), t.v.middleCols(c0, dh),
@@ -228,14 +228,31 @@ struct block_gradient {
     out.rowwise() += bias;
   }
 
+  /// Threads for the heads: one unless each head has N d_head >= 8,192 (a tiny model's heads
+  /// take microseconds, and waking threads for them, oversubscribed under ctest -j2, made the
+  /// training tests several times slower). The bits are the same either way.
+  static index_t head_lanes(index_t heads, index_t work) {
+    return work >= 8192 ? detail::lanes_for(heads) : 1;
+  }
+
+  /// body(head, lane) for every head, on `lanes` threads.
+  template <class Body>
+  static void for_heads(index_t heads, std::size_t lanes, Body&& body) {
+    if (lanes > 1) {
+      detail::parallel_for(heads, body);
+    } else {
+      for (index_t head = 0; head < heads; ++head) body(head, 0);
+    }
+  }
+
   /// Every head's backward: ws.dcontext (dL/d(context)) to ws.dq, ws.dk, ws.dv.
   static void attention_backward(const block_type& b, const tape_type& t, workspace_type& ws) {
     const index_t n = t.x.rows(), d = b.config().d_model;
     const index_t h = b.config().heads, dh = d / h;
     for (auto* m : {&ws.dq, &ws.dk, &ws.dv}) m->resize(n, d);
     const attention_mask mask{t.causal, t.key_mask};
-    ws.gradient.resize(static_cast<std::size_t>(detail::lanes_for(h)));
-    detail::parallel_for(h, [&](index_t head, index_t lane) {
+    ws.gradient.resize(static_cast<std::size_t>(head_lanes(h, n * dh)));
+    for_heads(h, ws.gradient.size(), [&](index_t head, index_t lane) {
       const index_t c0 = head * dh;
       attention_gradient_type::backward(
           b.attention(), t.q.middleCols(c0, dh), t.k.middleCols(c0, dh), t.v.middleCols(c0, dh),
