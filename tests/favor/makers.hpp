@@ -1,6 +1,6 @@
 // FAVOR as the typed suites make it (every feature map, blockings that cut the suites' short
 // sequences into ragged blocks, chunks and segments). The class templates they use are compiled
-// once for all test executables (support/instantiations.hpp).
+// once for all test executables (instances/instances.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -22,7 +22,7 @@
 #include <performer/testing/extreme_reference.hpp>
 #include <performer/testing/helpers.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 namespace performer::test {
 template <class T>

@@ -1,5 +1,5 @@
 // LSH as the typed suites make it (its class templates are compiled once for all test
-// executables: support/instantiations.hpp).
+// executables: instances/instances.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -11,7 +11,7 @@
 #include <performer/lsh/lsh_attention.hpp>
 #include <performer/testing/extreme_reference.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 namespace performer::test {
 

@@ -14,7 +14,7 @@
 #include <performer/nn/batched_attention.hpp>
 #include <performer/testing/expect_invalid.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 namespace performer::test {
 // Named as well as anonymous: the unity build compiles several test files as one.

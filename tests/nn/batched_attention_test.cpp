@@ -20,7 +20,7 @@
 #include <performer/testing/oracle.hpp>
 #include <performer/testing/registry.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 namespace performer::test {
 // Named as well as anonymous: the unity build compiles several test files as one.

@@ -15,7 +15,7 @@
 #include <performer/testing/expect_invalid.hpp>
 #include <performer/testing/helpers.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 namespace performer::test {
 // Named as well as anonymous: the unity build compiles several test files as one.

@@ -21,7 +21,7 @@
 #include <performer/softmax/tiled_softmax_attention.hpp>
 #include <performer/testing/detail/extreme_contract.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 namespace performer::conformance::extreme {
 // Named as well as anonymous: the unity build compiles several test files as one.

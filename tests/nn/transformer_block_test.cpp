@@ -14,7 +14,7 @@
 #include <performer/testing/helpers.hpp>
 #include <performer/testing/oracle.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 #include "nn/block_reference.hpp"
 #include "window_attention.hpp"

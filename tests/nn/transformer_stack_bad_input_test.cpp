@@ -10,7 +10,7 @@
 #include <performer/nn/transformer_stack.hpp>
 #include <performer/softmax/softmax_attention.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 #include "support/bad_input_cells.hpp"
 

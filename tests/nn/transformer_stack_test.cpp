@@ -15,7 +15,7 @@
 #include <performer/testing/helpers.hpp>
 #include <performer/testing/oracle.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 // Named as well as anonymous: the unity build compiles several test files as one.
 namespace nn_transformer_stack_test {

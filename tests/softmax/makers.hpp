@@ -1,5 +1,5 @@
 // The exact mechanisms as the typed suites make them (compiled once for all test executables:
-// support/instantiations.hpp).
+// instances/instances.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -9,7 +9,7 @@
 #include <performer/softmax/tiled_softmax_attention.hpp>
 #include <performer/testing/extreme_reference.hpp>
 
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 namespace performer::test {
 

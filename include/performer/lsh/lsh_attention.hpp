@@ -161,58 +161,7 @@ class lsh_attention {
    */
   void forward(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
                const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
-               workspace_type& ws) const {
-    constexpr const char* who = "lsh_attention::forward";
-    check_attention_args<T>(who, q, k, v, out, mask);
-    PERFORMER_PRECONDITION(q.cols() == head_dim(), who, ": q is ", detail::shape(q),
-                           " but the hash family is for head width ", head_dim());
-    PERFORMER_PRECONDITION(!options_.shared_qk || k.rows() == q.rows(), who,
-                           ": shared_qk requires k to have q's shape (q is ", detail::shape(q),
-                           ", k is ", detail::shape(k),
-                           "); its values are not used, so pass q itself");
-    PERFORMER_PRECONDITION(std::max(q.rows(), k.rows()) <= max_tokens, who, ": at most ",
-                           max_tokens, " tokens per sequence (q is ", detail::shape(q),
-                           ", k is ", detail::shape(k), ")");
-    const index_t n_q = q.rows();
-    const index_t n_k = k.rows();
-    family_.prepare(bucket_count(n_k), ws.tables);
-    prepare(n_q, n_k, v.cols(), ws);
-    hash_all(q, k, ws);
-    // Sorting is O(h N) and sequential: a small part of the total at any N.
-    ws.plan.list_visible_keys(n_k, mask);
-    for (index_t r = 0; r < options_.hashes; ++r) ws.plan.sort_round(r, n_q, n_k, mask);
-
-    out.setZero();
-    std::fill(ws.row_max.begin(), ws.row_max.end(), -std::numeric_limits<T>::infinity());
-    std::fill(ws.row_sum.begin(), ws.row_sum.end(), T(0));
-    for (auto& lane : ws.lanes) lane.pairs = 0;
-    const detail::lsh_pass<T> pass{q,  k, v, out, ws.plan, options_.shared_qk ? ws.norm.data() : nullptr,
-                                   ws.row_max.data(), ws.row_sum.data(), mask.causal,
-                                   self_penalty};
-    // Work estimate in double: a huge chunk must not overflow it.
-    const bool parallel = static_cast<double>(n_q) *
-                              static_cast<double>(std::min(options_.chunk, n_k)) * 2.0 *
-                              static_cast<double>(head_dim() + v.cols()) >=
-                          static_cast<double>(parallel_work);
-    for (index_t r = 0; r < options_.hashes; ++r) {
-      ws.plan.plan_round(r, n_q, n_k, detail::lsh_query_tile);
-      for_each_item(static_cast<index_t>(ws.plan.items.size()), parallel, [&](index_t item, index_t lane) {
-        const auto& it = ws.plan.items[static_cast<std::size_t>(item)];
-        detail::attend_window(r, ws.plan.query_order.data() + it.q_begin, it.q_count,
-                              ws.plan.key_order.data() + it.w_begin, it.w_end - it.w_begin, pass,
-                              ws.lanes[static_cast<std::size_t>(lane)]);
-      });
-    }
-    attend_fallback(n_q, n_k, parallel, pass, mask, ws);
-    ws.attended_pairs = 0;
-    for (const auto& lane : ws.lanes) ws.attended_pairs += lane.pairs;
-    for (index_t i = 0; i < n_q; ++i) {
-      // row_sum is 0 only for a query that saw no key: its row was never touched (zeros).
-      const T l = ws.row_sum[static_cast<std::size_t>(i)];
-      if (l > T(0)) out.row(i) /= l;
-    }
-    require_finite_result(who, out);
-  }
+               workspace_type& ws) const;
 
  private:
   static constexpr index_t hash_rows = 256;  ///< rows per parallel hashing item
@@ -344,5 +293,70 @@ class lsh_attention {
 
 static_assert(attention_mechanism<lsh_attention<float>>);
 static_assert(attention_mechanism<lsh_attention<double>>);
+
+template <real_scalar T, hash_family Hash>
+  requires std::same_as<typename Hash::scalar_type, T>
+void lsh_attention<T, Hash>::forward(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+                                     const const_matrix_ref<T>& v, matrix_ref<T> out,
+                                     const attention_mask& mask, workspace_type& ws) const {
+  constexpr const char* who = "lsh_attention::forward";
+  check_attention_args<T>(who, q, k, v, out, mask);
+  PERFORMER_PRECONDITION(q.cols() == head_dim(), who, ": q is ", detail::shape(q),
+                         " but the hash family is for head width ", head_dim());
+  PERFORMER_PRECONDITION(!options_.shared_qk || k.rows() == q.rows(), who,
+                         ": shared_qk requires k to have q's shape (q is ", detail::shape(q),
+                         ", k is ", detail::shape(k),
+                         "); its values are not used, so pass q itself");
+  PERFORMER_PRECONDITION(std::max(q.rows(), k.rows()) <= max_tokens, who, ": at most ", max_tokens,
+                         " tokens per sequence (q is ", detail::shape(q), ", k is ",
+                         detail::shape(k), ")");
+  const index_t n_q = q.rows();
+  const index_t n_k = k.rows();
+  family_.prepare(bucket_count(n_k), ws.tables);
+  prepare(n_q, n_k, v.cols(), ws);
+  hash_all(q, k, ws);
+  // Sorting is O(h N) and sequential: a small part of the total at any N.
+  ws.plan.list_visible_keys(n_k, mask);
+  for (index_t r = 0; r < options_.hashes; ++r) ws.plan.sort_round(r, n_q, n_k, mask);
+
+  out.setZero();
+  std::fill(ws.row_max.begin(), ws.row_max.end(), -std::numeric_limits<T>::infinity());
+  std::fill(ws.row_sum.begin(), ws.row_sum.end(), T(0));
+  for (auto& lane : ws.lanes) lane.pairs = 0;
+  const detail::lsh_pass<T> pass{q,
+                                 k,
+                                 v,
+                                 out,
+                                 ws.plan,
+                                 options_.shared_qk ? ws.norm.data() : nullptr,
+                                 ws.row_max.data(),
+                                 ws.row_sum.data(),
+                                 mask.causal,
+                                 self_penalty};
+  // Work estimate in double: a huge chunk must not overflow it.
+  const bool parallel = static_cast<double>(n_q) *
+                            static_cast<double>(std::min(options_.chunk, n_k)) * 2.0 *
+                            static_cast<double>(head_dim() + v.cols()) >=
+                        static_cast<double>(parallel_work);
+  for (index_t r = 0; r < options_.hashes; ++r) {
+    ws.plan.plan_round(r, n_q, n_k, detail::lsh_query_tile);
+    for_each_item(
+        static_cast<index_t>(ws.plan.items.size()), parallel, [&](index_t item, index_t lane) {
+          const auto& it = ws.plan.items[static_cast<std::size_t>(item)];
+          detail::attend_window(r, ws.plan.query_order.data() + it.q_begin, it.q_count,
+                                ws.plan.key_order.data() + it.w_begin, it.w_end - it.w_begin, pass,
+                                ws.lanes[static_cast<std::size_t>(lane)]);
+        });
+  }
+  attend_fallback(n_q, n_k, parallel, pass, mask, ws);
+  ws.attended_pairs = 0;
+  for (const auto& lane : ws.lanes) ws.attended_pairs += lane.pairs;
+  for (index_t i = 0; i < n_q; ++i) {
+    // row_sum is 0 only for a query that saw no key: its row was never touched (zeros).
+    const T l = ws.row_sum[static_cast<std::size_t>(i)];
+    if (l > T(0)) out.row(i) /= l;
+  }
+  require_finite_result(who, out);
+}
 
 }  // namespace performer

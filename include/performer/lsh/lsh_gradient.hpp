@@ -90,14 +90,7 @@ struct attention_gradient<lsh_attention<T, Hash>> {
   static void forward(const attention_type& a, const const_matrix_ref<T>& q,
                       const const_matrix_ref<T>& k, const const_matrix_ref<T>& v, matrix_ref<T> out,
                       const attention_mask& mask, typename attention_type::workspace_type& ws,
-                      saved_type& saved) {
-    a.forward(q, k, v, out, mask, ws);
-    saved.q_bucket.assign(ws.plan.q_bucket.begin(), ws.plan.q_bucket.end());
-    saved.k_bucket.assign(ws.plan.k_bucket.begin(), ws.plan.k_bucket.end());
-    saved.buckets = ws.plan.buckets;
-    saved.queries = q.rows();
-    saved.keys = k.rows();
-  }
+                      saved_type& saved);
 
   /**
    * @brief Assigns dq, dk, dv (see the struct comment); out and saved are forward's for the same
@@ -110,66 +103,7 @@ struct attention_gradient<lsh_attention<T, Hash>> {
                        const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
                        const const_matrix_ref<T>& out, const const_matrix_ref<T>& dout,
                        matrix_ref<T> dq, matrix_ref<T> dk, matrix_ref<T> dv,
-                       const attention_mask& mask, workspace_type& ws, const saved_type& saved) {
-    constexpr const char* who = "lsh_attention::backward";
-    check_backward_args<T>(who, q, k, v, out, dout, dq, dk, dv, mask);
-    const lsh_options& options = a.options();
-    const bool shared = options.shared_qk;
-    const index_t n_q = q.rows();
-    const index_t n_k = k.rows();
-    const index_t h = options.hashes;
-    PERFORMER_PRECONDITION(q.cols() == a.head_dim(), who, ": q is ", detail::shape(q),
-                           " but the hash family is for head width ", a.head_dim());
-    PERFORMER_PRECONDITION(!shared || n_k == n_q, who,
-                           ": shared_qk requires k to have q's shape (q is ", detail::shape(q),
-                           ", k is ", detail::shape(k), ")");
-    PERFORMER_PRECONDITION(
-        saved.queries == n_q && saved.keys == n_k && saved.buckets >= 2 &&
-            saved.q_bucket.size() == static_cast<std::size_t>(n_q * h) &&
-            saved.k_bucket.size() == static_cast<std::size_t>(shared ? 0 : n_k * h),
-        who, ": saved does not come from a forward with these shapes (it has ", saved.queries,
-        " queries and ", saved.keys, " keys; q is ", detail::shape(q), ", k is ",
-        detail::shape(k), "); call attention_gradient::forward first");
-
-    rebuild_plan(options, n_q, n_k, mask, saved, ws);
-    const index_t d = q.cols();
-    if (shared) {
-      ws.norm.resize(2 * static_cast<std::size_t>(n_q));
-      for (index_t j = 0; j < n_q; ++j) {
-        attention_type::robust_norm(q.row(j).data(), d, ws.norm.data() + 2 * j);
-      }
-    }
-    // A query's set holds at most 2 c keys per round (c for the fallback), and distinct keys.
-    const index_t most = std::min(n_k, 2 * h * std::min(options.chunk, n_k));
-    ws.seen.assign(static_cast<std::size_t>(n_k), index_t{-1});
-    ws.members.resize(static_cast<std::size_t>(most));
-    ws.keys.resize(most, d);
-    ws.values.resize(most, v.cols());
-    ws.weights.resize(most);
-    ws.slopes.resize(most);
-    ws.query.resize(d);
-
-    dq.setZero();
-    dk.setZero();  // under shared-QK: the keys' gradients, until chained into dq
-    dv.setZero();
-    ws.attended_pairs = 0;
-    const T scale = T(1) / std::sqrt(static_cast<T>(d));
-    for (index_t i = 0; i < n_q; ++i) {
-      const index_t count = collect(i, n_q, n_k, mask.causal, ws);
-      if (count == 0) continue;  // sees no key: its output is the constant zero row
-      ws.attended_pairs += count;
-      attend_backward(i, count, scale, q, k, v, out, dout, dq, dk, dv, shared, ws);
-    }
-    if (shared) {
-      for (index_t j = 0; j < n_q; ++j) {
-        chain_normalisation(q.row(j), ws.norm.data() + 2 * j, dk.row(j), dq.row(j), ws.query);
-      }
-      dk.setZero();
-    }
-    require_finite_result(who, dq);
-    require_finite_result(who, dk);
-    require_finite_result(who, dv);
-  }
+                       const attention_mask& mask, workspace_type& ws, const saved_type& saved);
 
  private:
   /// The forward's plan for the saved buckets: the same sorts, so the same chunks and windows.
@@ -277,5 +211,84 @@ struct attention_gradient<lsh_attention<T, Hash>> {
 
 static_assert(differentiable_attention<lsh_attention<float>>);
 static_assert(differentiable_attention<lsh_attention<double>>);
+
+template <real_scalar T, hash_family Hash>
+void attention_gradient<lsh_attention<T, Hash>>::forward(
+    const attention_type& a, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+    const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
+    typename attention_type::workspace_type& ws, saved_type& saved) {
+  a.forward(q, k, v, out, mask, ws);
+  saved.q_bucket.assign(ws.plan.q_bucket.begin(), ws.plan.q_bucket.end());
+  saved.k_bucket.assign(ws.plan.k_bucket.begin(), ws.plan.k_bucket.end());
+  saved.buckets = ws.plan.buckets;
+  saved.queries = q.rows();
+  saved.keys = k.rows();
+}
+
+template <real_scalar T, hash_family Hash>
+void attention_gradient<lsh_attention<T, Hash>>::backward(
+    const attention_type& a, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+    const const_matrix_ref<T>& v, const const_matrix_ref<T>& out, const const_matrix_ref<T>& dout,
+    matrix_ref<T> dq, matrix_ref<T> dk, matrix_ref<T> dv, const attention_mask& mask,
+    workspace_type& ws, const saved_type& saved) {
+  constexpr const char* who = "lsh_attention::backward";
+  check_backward_args<T>(who, q, k, v, out, dout, dq, dk, dv, mask);
+  const lsh_options& options = a.options();
+  const bool shared = options.shared_qk;
+  const index_t n_q = q.rows();
+  const index_t n_k = k.rows();
+  const index_t h = options.hashes;
+  PERFORMER_PRECONDITION(q.cols() == a.head_dim(), who, ": q is ", detail::shape(q),
+                         " but the hash family is for head width ", a.head_dim());
+  PERFORMER_PRECONDITION(!shared || n_k == n_q, who,
+                         ": shared_qk requires k to have q's shape (q is ", detail::shape(q),
+                         ", k is ", detail::shape(k), ")");
+  PERFORMER_PRECONDITION(
+      saved.queries == n_q && saved.keys == n_k && saved.buckets >= 2 &&
+          saved.q_bucket.size() == static_cast<std::size_t>(n_q * h) &&
+          saved.k_bucket.size() == static_cast<std::size_t>(shared ? 0 : n_k * h),
+      who, ": saved does not come from a forward with these shapes (it has ", saved.queries,
+      " queries and ", saved.keys, " keys; q is ", detail::shape(q), ", k is ", detail::shape(k),
+      "); call attention_gradient::forward first");
+
+  rebuild_plan(options, n_q, n_k, mask, saved, ws);
+  const index_t d = q.cols();
+  if (shared) {
+    ws.norm.resize(2 * static_cast<std::size_t>(n_q));
+    for (index_t j = 0; j < n_q; ++j) {
+      attention_type::robust_norm(q.row(j).data(), d, ws.norm.data() + 2 * j);
+    }
+  }
+  // A query's set holds at most 2 c keys per round (c for the fallback), and distinct keys.
+  const index_t most = std::min(n_k, 2 * h * std::min(options.chunk, n_k));
+  ws.seen.assign(static_cast<std::size_t>(n_k), index_t{-1});
+  ws.members.resize(static_cast<std::size_t>(most));
+  ws.keys.resize(most, d);
+  ws.values.resize(most, v.cols());
+  ws.weights.resize(most);
+  ws.slopes.resize(most);
+  ws.query.resize(d);
+
+  dq.setZero();
+  dk.setZero();  // under shared-QK: the keys' gradients, until chained into dq
+  dv.setZero();
+  ws.attended_pairs = 0;
+  const T scale = T(1) / std::sqrt(static_cast<T>(d));
+  for (index_t i = 0; i < n_q; ++i) {
+    const index_t count = collect(i, n_q, n_k, mask.causal, ws);
+    if (count == 0) continue;  // sees no key: its output is the constant zero row
+    ws.attended_pairs += count;
+    attend_backward(i, count, scale, q, k, v, out, dout, dq, dk, dv, shared, ws);
+  }
+  if (shared) {
+    for (index_t j = 0; j < n_q; ++j) {
+      chain_normalisation(q.row(j), ws.norm.data() + 2 * j, dk.row(j), dq.row(j), ws.query);
+    }
+    dk.setZero();
+  }
+  require_finite_result(who, dq);
+  require_finite_result(who, dk);
+  require_finite_result(who, dv);
+}
 
 }  // namespace performer

@@ -159,29 +159,7 @@ class transformer_block {
   /// As above, causal or bidirectional for this call (the self-attention; never the memory's).
   void forward(const const_matrix_ref<scalar_type>& x, const const_matrix_ref<scalar_type>& memory,
                matrix_ref<scalar_type> y, std::span<const std::uint8_t> key_mask,
-               std::span<const std::uint8_t> memory_mask, workspace_type& ws, bool causal) const {
-    constexpr const char* who = "transformer_block::forward";
-    detail::check_sequence(who, config_.d_model, x, y, key_mask);
-    detail::check_memory(who, config_, memory, 1, {}, memory_mask);
-    PERFORMER_PRECONDITION(!detail::overlaps(memory, y), who, ": y overlaps memory");
-    const index_t h = config_.heads;
-    sublayers(
-        x, y, ws,
-        [&] {
-          if (rope_) {
-            rope_->apply(ws.q);
-            rope_->apply(ws.k);
-          }
-          detail::attend_heads(attention_, h, ws.q, ws.k, ws.v, ws.context, {causal, key_mask},
-                               ws.attention);
-        },
-        [&] {
-          detail::project_memory(params_, memory, ws.memory_k, ws.memory_v);
-          detail::attend_heads(attention_, h, ws.q, ws.memory_k, ws.memory_v, ws.context,
-                               {false, memory_mask}, ws.attention);
-        });
-    require_finite_result(who, y);
-  }
+               std::span<const std::uint8_t> memory_mask, workspace_type& ws, bool causal) const;
 
   /**
    * @brief y = block(x) for a batch of B sequences of N tokens, x holding sequence b's tokens in
@@ -228,44 +206,7 @@ class transformer_block {
   void forward_batch(const const_matrix_ref<scalar_type>& x, index_t batch,
                      const const_matrix_ref<scalar_type>& memory, matrix_ref<scalar_type> y,
                      std::span<const index_t> lengths, std::span<const index_t> memory_lengths,
-                     workspace_type& ws, bool causal) const {
-    constexpr const char* who = "transformer_block::forward_batch";
-    const index_t d = config_.d_model;
-    const index_t n = detail::check_batch(who, d, x, batch, y, lengths);
-    detail::check_memory(who, config_, memory, batch, memory_lengths, {});
-    PERFORMER_PRECONDITION(!detail::overlaps(memory, y), who, ": y overlaps memory");
-    const index_t m = memory.rows() / batch;
-    using T = scalar_type;
-    const index_t h = config_.heads;
-    const index_t dh = d / h;
-    const auto heads = [&](const row_matrix<T>& k, const row_matrix<T>& v, index_t n_k,
-                           const batch_mask& mask) {
-      batched_attention(attention_, bnhd_view<const T>(ws.q.data(), batch, n, h, dh),
-                        bnhd_view<const T>(k.data(), batch, n_k, h, dh),
-                        bnhd_view<const T>(v.data(), batch, n_k, h, dh),
-                        bnhd_view(ws.context.data(), batch, n, h, dh), mask, ws.batch);
-    };
-    sublayers(
-        x, y, ws,
-        [&] {
-          if (rope_) {
-            for (index_t b = 0; b < batch; ++b) {
-              rope_->apply(ws.q.middleRows(b * n, n));
-              rope_->apply(ws.k.middleRows(b * n, n));
-            }
-          }
-          heads(ws.k, ws.v, n, batch_mask::padded(lengths, causal));
-        },
-        [&] {
-          detail::project_memory(params_, memory, ws.memory_k, ws.memory_v);
-          heads(ws.memory_k, ws.memory_v, m, {false, lengths, memory_lengths, {}});
-        });
-    for (index_t b = 0; b < batch; ++b) {
-      const index_t real = detail::length_of(lengths, b, n);
-      y.middleRows(b * n + real, n - real).setZero();
-      require_finite_result(who, y.middleRows(b * n, real));
-    }
-  }
+                     workspace_type& ws, bool causal) const;
 
   /// Streaming state of step(): each head's decoder and scratch rows.
   struct decoder_state {
@@ -296,20 +237,7 @@ class transformer_block {
    * @throws performer::invalid_argument as above, and as forward() for the memory and its mask.
    */
   [[nodiscard]] decoder_state start_decoding(const const_matrix_ref<scalar_type>& memory,
-                                             std::span<const std::uint8_t> memory_mask) const {
-    constexpr const char* who = "transformer_block::start_decoding";
-    const index_t dh = config_.d_model / config_.heads;
-    decoder_state s;
-    detail::check_memory(who, config_, memory, 1, {}, memory_mask);
-    if (config_.cross_attention) {
-      PERFORMER_PRECONDITION(params_.w_ck.rows() == config_.d_model, who, no_parameters);
-      detail::project_memory(params_, memory, s.ws.memory_k, s.ws.memory_v);
-      s.memory_mask.assign(memory_mask.begin(), memory_mask.end());
-    }
-    s.heads.reserve(static_cast<std::size_t>(config_.heads));
-    for (index_t h = 0; h < config_.heads; ++h) s.heads.emplace_back(attention_, dh, dh);
-    return s;
-  }
+                                             std::span<const std::uint8_t> memory_mask) const;
 
   /**
    * @brief Causal decoding, one token at a time: y is the causal forward's output for the
@@ -322,54 +250,7 @@ class transformer_block {
    * the heads the state is marked failed and every later step throws: start a new one.
    */
   void step(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
-            decoder_state& s) const {
-    constexpr const char* who = "transformer_block::step";
-    const index_t d = config_.d_model;
-    PERFORMER_PRECONDITION(x.rows() == 1 && x.cols() == d && y.rows() == 1 && y.cols() == d, who,
-                           ": x is ", detail::shape(x), " and y is ", detail::shape(y),
-                           ", expected 1x", d, " each");
-    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
-    PERFORMER_PRECONDITION(s.heads.size() == static_cast<std::size_t>(config_.heads), who,
-                           ": the state has ", s.heads.size(), " heads, expected ",
-                           config_.heads, " (make it with start_decoding())");
-    PERFORMER_PRECONDITION(!s.failed, who,
-                           ": an earlier step failed part-way; start a new state");
-    require_finite(who, "x", x);
-    const index_t dh = d / config_.heads;
-    // A throw after the heads took the token leaves the state part-way.
-    const auto guarded = [&s](auto&& f) {
-      try {
-        f();
-      } catch (...) {
-        s.failed = true;
-        throw;
-      }
-    };
-    sublayers(
-        x, y, s.ws,
-        [&] {
-          if (rope_) {
-            const index_t position = s.position();
-            rope_->apply(s.ws.q, position);
-            rope_->apply(s.ws.k, position);
-          }
-          guarded([&] {
-            for (index_t h = 0; h < config_.heads; ++h) {
-              const index_t c0 = h * dh;
-              s.heads[static_cast<std::size_t>(h)].step(
-                  attention_, s.ws.q.middleCols(c0, dh), s.ws.k.middleCols(c0, dh),
-                  s.ws.v.middleCols(c0, dh), s.ws.context.middleCols(c0, dh));
-            }
-          });
-        },
-        [&] {
-          guarded([&] {
-            detail::attend_heads(attention_, config_.heads, s.ws.q, s.ws.memory_k, s.ws.memory_v,
-                                 s.ws.context, {false, s.memory_mask}, s.ws.attention);
-          });
-        });
-    require_finite_result(who, y);
-  }
+            decoder_state& s) const;
 
   /// Convenience overload that allocates the result and a workspace.
   [[nodiscard]] row_matrix<scalar_type> forward(const const_matrix_ref<scalar_type>& x,
@@ -431,4 +312,82 @@ class transformer_block {
   parameters_type params_;
 };
 
+template <attention_mechanism Attention>
+void transformer_block<Attention>::forward(const const_matrix_ref<scalar_type>& x,
+                                           const const_matrix_ref<scalar_type>& memory,
+                                           matrix_ref<scalar_type> y,
+                                           std::span<const std::uint8_t> key_mask,
+                                           std::span<const std::uint8_t> memory_mask,
+                                           workspace_type& ws, bool causal) const {
+  constexpr const char* who = "transformer_block::forward";
+  detail::check_sequence(who, config_.d_model, x, y, key_mask);
+  detail::check_memory(who, config_, memory, 1, {}, memory_mask);
+  PERFORMER_PRECONDITION(!detail::overlaps(memory, y), who, ": y overlaps memory");
+  const index_t h = config_.heads;
+  sublayers(
+      x, y, ws,
+      [&] {
+        if (rope_) {
+          rope_->apply(ws.q);
+          rope_->apply(ws.k);
+        }
+        detail::attend_heads(attention_, h, ws.q, ws.k, ws.v, ws.context, {causal, key_mask},
+                             ws.attention);
+      },
+      [&] {
+        detail::project_memory(params_, memory, ws.memory_k, ws.memory_v);
+        detail::attend_heads(attention_, h, ws.q, ws.memory_k, ws.memory_v, ws.context,
+                             {false, memory_mask}, ws.attention);
+      });
+  require_finite_result(who, y);
+}
+
+template <attention_mechanism Attention>
+void transformer_block<Attention>::forward_batch(const const_matrix_ref<scalar_type>& x,
+                                                 index_t batch,
+                                                 const const_matrix_ref<scalar_type>& memory,
+                                                 matrix_ref<scalar_type> y,
+                                                 std::span<const index_t> lengths,
+                                                 std::span<const index_t> memory_lengths,
+                                                 workspace_type& ws, bool causal) const {
+  constexpr const char* who = "transformer_block::forward_batch";
+  const index_t d = config_.d_model;
+  const index_t n = detail::check_batch(who, d, x, batch, y, lengths);
+  detail::check_memory(who, config_, memory, batch, memory_lengths, {});
+  PERFORMER_PRECONDITION(!detail::overlaps(memory, y), who, ": y overlaps memory");
+  const index_t m = memory.rows() / batch;
+  using T = scalar_type;
+  const index_t h = config_.heads;
+  const index_t dh = d / h;
+  const auto heads = [&](const row_matrix<T>& k, const row_matrix<T>& v, index_t n_k,
+                         const batch_mask& mask) {
+    batched_attention(attention_, bnhd_view<const T>(ws.q.data(), batch, n, h, dh),
+                      bnhd_view<const T>(k.data(), batch, n_k, h, dh),
+                      bnhd_view<const T>(v.data(), batch, n_k, h, dh),
+                      bnhd_view(ws.context.data(), batch, n, h, dh), mask, ws.batch);
+  };
+  sublayers(
+      x, y, ws,
+      [&] {
+        if (rope_) {
+          for (index_t b = 0; b < batch; ++b) {
+            rope_->apply(ws.q.middleRows(b * n, n));
+            rope_->apply(ws.k.middleRows(b * n, n));
+          }
+        }
+        heads(ws.k, ws.v, n, batch_mask::padded(lengths, causal));
+      },
+      [&] {
+        detail::project_memory(params_, memory, ws.memory_k, ws.memory_v);
+        heads(ws.memory_k, ws.memory_v, m, {false, lengths, memory_lengths, {}});
+      });
+  for (index_t b = 0; b < batch; ++b) {
+    const index_t real = detail::length_of(lengths, b, n);
+    y.middleRows(b * n + real, n - real).setZero();
+    require_finite_result(who, y.middleRows(b * n, real));
+  }
+}
+
 }  // namespace performer
+
+#include "detail/block_decoding.hpp"

@@ -148,19 +148,7 @@ class transformer_model {
 
   /// As above, causal or bidirectional for this call whatever the config says.
   void embed(std::span<const std::int64_t> tokens, matrix_ref<scalar_type> hidden,
-             std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const {
-    constexpr const char* who = "transformer_model::embed";
-    const auto n = static_cast<index_t>(tokens.size());
-    const index_t d = d_model();
-    PERFORMER_PRECONDITION(n > 0, who, ": no tokens");
-    PERFORMER_PRECONDITION(config_.max_positions == 0 || n <= config_.max_positions, who, ": ", n,
-                           " tokens but the model has positions for ", config_.max_positions);
-    PERFORMER_PRECONDITION(hidden.rows() == n && hidden.cols() == d, who, ": hidden is ",
-                           detail::shape(hidden), ", expected ", n, "x", d);
-    ws.embedded.resize(n, d);
-    fill_embedding(who, tokens, ws.embedded);
-    stack_.forward(ws.embedded, hidden, key_mask, ws.stack, causal);
-  }
+             std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const;
 
   /**
    * @brief The stack's input: row i = E[tokens[i]] + P[i] (P only with learned positions).
@@ -204,16 +192,7 @@ class transformer_model {
 
   /// As above, causal or bidirectional for this call whatever the config says.
   void forward(std::span<const std::int64_t> tokens, matrix_ref<scalar_type> logits,
-               std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const {
-    constexpr const char* who = "transformer_model::forward";
-    const auto n = static_cast<index_t>(tokens.size());
-    PERFORMER_PRECONDITION(logits.rows() == n && logits.cols() == config_.vocab, who,
-                           ": logits is ", detail::shape(logits), ", expected ", n, "x",
-                           config_.vocab);
-    ws.hidden.resize(n, d_model());
-    embed(tokens, ws.hidden, key_mask, ws, causal);
-    head(who, ws.hidden, logits);
-  }
+               std::span<const std::uint8_t> key_mask, workspace_type& ws, bool causal) const;
 
   /// Convenience overload: the logits, with a workspace of its own.
   [[nodiscard]] row_matrix<scalar_type> forward(std::span<const std::int64_t> tokens,
@@ -250,18 +229,7 @@ class transformer_model {
    * @throws performer::invalid_argument on a token outside [0, vocab), a position beyond
    * max_positions (with learned positions), logits not 1 x vocab, or as transformer_stack::step.
    */
-  void step(std::int64_t token, matrix_ref<scalar_type> logits, decoder_state& s) const {
-    constexpr const char* who = "transformer_model::step";
-    PERFORMER_PRECONDITION(logits.rows() == 1 && logits.cols() == config_.vocab, who,
-                           ": logits is ", detail::shape(logits), ", expected 1x", config_.vocab);
-    const index_t position = s.position();
-    PERFORMER_PRECONDITION(config_.max_positions == 0 || position < config_.max_positions, who,
-                           ": position ", position, " but the model has positions for ",
-                           config_.max_positions);
-    embed_token(who, token, position, s.embedded.row(0));
-    stack_.step(s.embedded, s.hidden, s.stack);
-    head(who, s.hidden, logits);
-  }
+  void step(std::int64_t token, matrix_ref<scalar_type> logits, decoder_state& s) const;
 
   /**
    * @brief A causal language model's continuation: steps through the prompt, then picks `count`
@@ -362,5 +330,52 @@ class transformer_model {
   stack_type stack_;
   parameters_type params_;
 };
+
+template <attention_mechanism Attention>
+void transformer_model<Attention>::embed(std::span<const std::int64_t> tokens,
+                                         matrix_ref<scalar_type> hidden,
+                                         std::span<const std::uint8_t> key_mask, workspace_type& ws,
+                                         bool causal) const {
+  constexpr const char* who = "transformer_model::embed";
+  const auto n = static_cast<index_t>(tokens.size());
+  const index_t d = d_model();
+  PERFORMER_PRECONDITION(n > 0, who, ": no tokens");
+  PERFORMER_PRECONDITION(config_.max_positions == 0 || n <= config_.max_positions, who, ": ", n,
+                         " tokens but the model has positions for ", config_.max_positions);
+  PERFORMER_PRECONDITION(hidden.rows() == n && hidden.cols() == d, who, ": hidden is ",
+                         detail::shape(hidden), ", expected ", n, "x", d);
+  ws.embedded.resize(n, d);
+  fill_embedding(who, tokens, ws.embedded);
+  stack_.forward(ws.embedded, hidden, key_mask, ws.stack, causal);
+}
+
+template <attention_mechanism Attention>
+void transformer_model<Attention>::forward(std::span<const std::int64_t> tokens,
+                                           matrix_ref<scalar_type> logits,
+                                           std::span<const std::uint8_t> key_mask,
+                                           workspace_type& ws, bool causal) const {
+  constexpr const char* who = "transformer_model::forward";
+  const auto n = static_cast<index_t>(tokens.size());
+  PERFORMER_PRECONDITION(logits.rows() == n && logits.cols() == config_.vocab, who, ": logits is ",
+                         detail::shape(logits), ", expected ", n, "x", config_.vocab);
+  ws.hidden.resize(n, d_model());
+  embed(tokens, ws.hidden, key_mask, ws, causal);
+  head(who, ws.hidden, logits);
+}
+
+template <attention_mechanism Attention>
+void transformer_model<Attention>::step(std::int64_t token, matrix_ref<scalar_type> logits,
+                                        decoder_state& s) const {
+  constexpr const char* who = "transformer_model::step";
+  PERFORMER_PRECONDITION(logits.rows() == 1 && logits.cols() == config_.vocab, who, ": logits is ",
+                         detail::shape(logits), ", expected 1x", config_.vocab);
+  const index_t position = s.position();
+  PERFORMER_PRECONDITION(config_.max_positions == 0 || position < config_.max_positions, who,
+                         ": position ", position, " but the model has positions for ",
+                         config_.max_positions);
+  embed_token(who, token, position, s.embedded.row(0));
+  stack_.step(s.embedded, s.hidden, s.stack);
+  head(who, s.hidden, logits);
+}
 
 }  // namespace performer

@@ -130,27 +130,7 @@ class transformer_stack {
   /// As above, causal or bidirectional for this call (the self-attention; never the memory's).
   void forward(const const_matrix_ref<scalar_type>& x, const const_matrix_ref<scalar_type>& memory,
                matrix_ref<scalar_type> y, std::span<const std::uint8_t> key_mask,
-               std::span<const std::uint8_t> memory_mask, workspace_type& ws, bool causal) const {
-    constexpr const char* who = "transformer_stack::forward";
-    // Checked here: with an even number of layers no block sees x and y together.
-    PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == x.cols(), who, ": y is ",
-                           detail::shape(y), " but x is ", detail::shape(x));
-    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
-    ws.buffer.resize(x.rows(), x.cols());
-    // Layer l writes into y when (layers - l) is odd, so that the last layer writes y.
-    bool into_y = blocks_.size() % 2 == 1;
-    blocks_.front().forward(x, memory, into_y ? y : matrix_ref<scalar_type>(ws.buffer), key_mask,
-                            memory_mask, ws.block, causal);
-    for (std::size_t l = 1; l < blocks_.size(); ++l) {
-      if (into_y) {
-        blocks_[l].forward(y, memory, ws.buffer, key_mask, memory_mask, ws.block, causal);
-      } else {
-        blocks_[l].forward(ws.buffer, memory, y, key_mask, memory_mask, ws.block, causal);
-      }
-      into_y = !into_y;
-    }
-    final_norm(who, y, ws.buffer);
-  }
+               std::span<const std::uint8_t> memory_mask, workspace_type& ws, bool causal) const;
 
   /// Streaming state of step(): one block state per layer.
   struct decoder_state {
@@ -166,12 +146,7 @@ class transformer_stack {
   /// For blocks with cross-attention: every layer's state over the same memory.
   /// @throws as transformer_block::start_decoding.
   [[nodiscard]] decoder_state start_decoding(const const_matrix_ref<scalar_type>& memory,
-                                             std::span<const std::uint8_t> memory_mask) const {
-    decoder_state s;
-    s.layers.reserve(blocks_.size());
-    for (const auto& b : blocks_) s.layers.push_back(b.start_decoding(memory, memory_mask));
-    return s;
-  }
+                                             std::span<const std::uint8_t> memory_mask) const;
 
   /**
    * @brief Causal decoding of one token through every layer and the final LayerNorm: y is the
@@ -180,27 +155,7 @@ class transformer_stack {
    * this stack's start_decoding().
    */
   void step(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
-            decoder_state& s) const {
-    constexpr const char* who = "transformer_stack::step";
-    PERFORMER_PRECONDITION(s.layers.size() == blocks_.size(), who, ": the state has ",
-                           s.layers.size(), " layers, expected ", blocks_.size(),
-                           " (make it with start_decoding())");
-    PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == x.cols(), who, ": y is ",
-                           detail::shape(y), " but x is ", detail::shape(x));
-    PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
-    s.buffer.resize(x.rows(), x.cols());
-    bool into_y = blocks_.size() % 2 == 1;  // as in forward(): the last layer writes y
-    blocks_.front().step(x, into_y ? y : matrix_ref<scalar_type>(s.buffer), s.layers.front());
-    for (std::size_t l = 1; l < blocks_.size(); ++l) {
-      if (into_y) {
-        blocks_[l].step(y, s.buffer, s.layers[l]);
-      } else {
-        blocks_[l].step(s.buffer, y, s.layers[l]);
-      }
-      into_y = !into_y;
-    }
-    final_norm(who, y, s.buffer);
-  }
+            decoder_state& s) const;
 
   [[nodiscard]] row_matrix<scalar_type> forward(const const_matrix_ref<scalar_type>& x,
                                                 std::span<const std::uint8_t> key_mask = {}) const {
@@ -248,5 +203,67 @@ class transformer_stack {
   std::vector<block_type> blocks_;
   row_vector<scalar_type> final_gain_, final_bias_;
 };
+
+template <attention_mechanism Attention>
+void transformer_stack<Attention>::forward(const const_matrix_ref<scalar_type>& x,
+                                           const const_matrix_ref<scalar_type>& memory,
+                                           matrix_ref<scalar_type> y,
+                                           std::span<const std::uint8_t> key_mask,
+                                           std::span<const std::uint8_t> memory_mask,
+                                           workspace_type& ws, bool causal) const {
+  constexpr const char* who = "transformer_stack::forward";
+  // Checked here: with an even number of layers no block sees x and y together.
+  PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == x.cols(), who, ": y is ",
+                         detail::shape(y), " but x is ", detail::shape(x));
+  PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
+  ws.buffer.resize(x.rows(), x.cols());
+  // Layer l writes into y when (layers - l) is odd, so that the last layer writes y.
+  bool into_y = blocks_.size() % 2 == 1;
+  blocks_.front().forward(x, memory, into_y ? y : matrix_ref<scalar_type>(ws.buffer), key_mask,
+                          memory_mask, ws.block, causal);
+  for (std::size_t l = 1; l < blocks_.size(); ++l) {
+    if (into_y) {
+      blocks_[l].forward(y, memory, ws.buffer, key_mask, memory_mask, ws.block, causal);
+    } else {
+      blocks_[l].forward(ws.buffer, memory, y, key_mask, memory_mask, ws.block, causal);
+    }
+    into_y = !into_y;
+  }
+  final_norm(who, y, ws.buffer);
+}
+
+template <attention_mechanism Attention>
+auto transformer_stack<Attention>::start_decoding(const const_matrix_ref<scalar_type>& memory,
+                                                  std::span<const std::uint8_t> memory_mask) const
+    -> decoder_state {
+  decoder_state s;
+  s.layers.reserve(blocks_.size());
+  for (const auto& b : blocks_) s.layers.push_back(b.start_decoding(memory, memory_mask));
+  return s;
+}
+
+template <attention_mechanism Attention>
+void transformer_stack<Attention>::step(const const_matrix_ref<scalar_type>& x,
+                                        matrix_ref<scalar_type> y, decoder_state& s) const {
+  constexpr const char* who = "transformer_stack::step";
+  PERFORMER_PRECONDITION(s.layers.size() == blocks_.size(), who, ": the state has ",
+                         s.layers.size(), " layers, expected ", blocks_.size(),
+                         " (make it with start_decoding())");
+  PERFORMER_PRECONDITION(y.rows() == x.rows() && y.cols() == x.cols(), who, ": y is ",
+                         detail::shape(y), " but x is ", detail::shape(x));
+  PERFORMER_PRECONDITION(!detail::overlaps(x, y), who, ": y overlaps x");
+  s.buffer.resize(x.rows(), x.cols());
+  bool into_y = blocks_.size() % 2 == 1;  // as in forward(): the last layer writes y
+  blocks_.front().step(x, into_y ? y : matrix_ref<scalar_type>(s.buffer), s.layers.front());
+  for (std::size_t l = 1; l < blocks_.size(); ++l) {
+    if (into_y) {
+      blocks_[l].step(y, s.buffer, s.layers[l]);
+    } else {
+      blocks_[l].step(s.buffer, y, s.layers[l]);
+    }
+    into_y = !into_y;
+  }
+  final_norm(who, y, s.buffer);
+}
 
 }  // namespace performer

@@ -95,16 +95,21 @@ class softmax_attention {
    */
   void forward(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
                const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
-               workspace_type& ws) const {
-    constexpr const char* who = "softmax_attention::forward";
-    check_attention_args<T>(who, q, k, v, out, mask);
-    detail::softmax_weights<T>(who, q, k, mask, ws.weights);
-    out.noalias() = ws.weights * v;
-    require_finite_result(who, out);
-  }
+               workspace_type& ws) const;
 };
 
 static_assert(attention_mechanism<softmax_attention<float>>);
 static_assert(attention_mechanism<softmax_attention<double>>);
+
+template <real_scalar T>
+void softmax_attention<T>::forward(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+                                   const const_matrix_ref<T>& v, matrix_ref<T> out,
+                                   const attention_mask& mask, workspace_type& ws) const {
+  constexpr const char* who = "softmax_attention::forward";
+  check_attention_args<T>(who, q, k, v, out, mask);
+  detail::softmax_weights<T>(who, q, k, mask, ws.weights);
+  out.noalias() = ws.weights * v;
+  require_finite_result(who, out);
+}
 
 }  // namespace performer

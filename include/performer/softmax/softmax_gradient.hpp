@@ -48,10 +48,7 @@ struct attention_gradient<softmax_attention<T>> {
   static void forward(const softmax_attention<T>& a, const const_matrix_ref<T>& q,
                       const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
                       matrix_ref<T> out, const attention_mask& mask,
-                      typename softmax_attention<T>::workspace_type& ws, saved_type& saved) {
-    a.forward(q, k, v, out, mask, ws);
-    saved.weights.swap(ws.weights);
-  }
+                      typename softmax_attention<T>::workspace_type& ws, saved_type& saved);
 
   /**
    * @brief Assigns dq, dk and dv, the gradients of L with dL/d(out) = dout.
@@ -63,30 +60,46 @@ struct attention_gradient<softmax_attention<T>> {
                        const const_matrix_ref<T>& out, const const_matrix_ref<T>& dout,
                        matrix_ref<T> dq, matrix_ref<T> dk, matrix_ref<T> dv,
                        const attention_mask& mask, workspace_type& ws,
-                       const saved_type& saved) {
-    constexpr const char* who = "softmax_attention::backward";
-    check_backward_args<T>(who, q, k, v, out, dout, dq, dk, dv, mask);
-    const auto& p = saved.weights;
-    PERFORMER_PRECONDITION(p.rows() == q.rows() && p.cols() == k.rows(), who,
-                           ": saved.weights is ", detail::shape(p), ", expected ", q.rows(), "x",
-                           k.rows(), "; pass the saved_type the forward filled");
-    const T scale = T(1) / std::sqrt(static_cast<T>(q.cols()));
-    dv.noalias() = p.transpose() * dout;
-    ws.dweights.resize(q.rows(), k.rows());
-    ws.dweights.noalias() = dout * v.transpose();
-    ws.delta = (dout.array() * out.array()).rowwise().sum();
-    // dS = P .* (dP - D): zero wherever P is, so the mask needs no second pass.
-    ws.dweights.array() = p.array() * (ws.dweights.array().colwise() - ws.delta.array());
-    dq.noalias() = scale * (ws.dweights * k);
-    dk.noalias() = scale * (ws.dweights.transpose() * q);
-    require_finite_result(who, dq);
-    require_finite_result(who, dk);
-    require_finite_result(who, dv);
-  }
+                       const saved_type& saved);
 
 };
 
 static_assert(differentiable_attention<softmax_attention<float>>);
 static_assert(differentiable_attention<softmax_attention<double>>);
+
+template <real_scalar T>
+void attention_gradient<softmax_attention<T>>::forward(
+    const softmax_attention<T>& a, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+    const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
+    typename softmax_attention<T>::workspace_type& ws, saved_type& saved) {
+  a.forward(q, k, v, out, mask, ws);
+  saved.weights.swap(ws.weights);
+}
+
+template <real_scalar T>
+void attention_gradient<softmax_attention<T>>::backward(
+    const softmax_attention<T>& /*a*/, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+    const const_matrix_ref<T>& v, const const_matrix_ref<T>& out, const const_matrix_ref<T>& dout,
+    matrix_ref<T> dq, matrix_ref<T> dk, matrix_ref<T> dv, const attention_mask& mask,
+    workspace_type& ws, const saved_type& saved) {
+  constexpr const char* who = "softmax_attention::backward";
+  check_backward_args<T>(who, q, k, v, out, dout, dq, dk, dv, mask);
+  const auto& p = saved.weights;
+  PERFORMER_PRECONDITION(p.rows() == q.rows() && p.cols() == k.rows(), who, ": saved.weights is ",
+                         detail::shape(p), ", expected ", q.rows(), "x", k.rows(),
+                         "; pass the saved_type the forward filled");
+  const T scale = T(1) / std::sqrt(static_cast<T>(q.cols()));
+  dv.noalias() = p.transpose() * dout;
+  ws.dweights.resize(q.rows(), k.rows());
+  ws.dweights.noalias() = dout * v.transpose();
+  ws.delta = (dout.array() * out.array()).rowwise().sum();
+  // dS = P .* (dP - D): zero wherever P is, so the mask needs no second pass.
+  ws.dweights.array() = p.array() * (ws.dweights.array().colwise() - ws.delta.array());
+  dq.noalias() = scale * (ws.dweights * k);
+  dk.noalias() = scale * (ws.dweights.transpose() * q);
+  require_finite_result(who, dq);
+  require_finite_result(who, dk);
+  require_finite_result(who, dv);
+}
 
 }  // namespace performer

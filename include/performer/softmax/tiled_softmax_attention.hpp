@@ -93,70 +93,7 @@ class tiled_softmax_attention {
   /// log_normaliser[0, N_q) when it is not null: -inf for a query that sees no key.
   void forward_impl(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
                     const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
-                    workspace_type& ws, T* log_normaliser) const {
-    constexpr const char* who = "tiled_softmax_attention::forward";
-    check_attention_args<T>(who, q, k, v, out, mask);
-    const index_t n_q = q.rows();
-    const index_t n_k = k.rows();
-    const T scale = T(1) / std::sqrt(static_cast<T>(q.cols()));
-    const index_t seeing = detail::first_seeing_query(mask, n_q, n_k);
-    const index_t query_tiles = (n_q + query_block_ - 1) / query_block_;
-    // Query tiles are independent: they run on the library's own threads, each tile's products
-    // serial inside (Eigen does not nest), so one parallel region per call instead of one per
-    // tile product, and the bits do not depend on the thread count. Below about 2^20
-    // multiply-adds a region costs more than it saves.
-    const bool parallel = static_cast<double>(n_q) * static_cast<double>(n_k) *
-                              static_cast<double>(q.cols() + v.cols()) >= double{1 << 20};
-    const index_t lanes = parallel ? detail::lanes_for(query_tiles) : 1;
-    if (ws.lanes.size() < static_cast<std::size_t>(lanes)) ws.lanes.resize(static_cast<std::size_t>(lanes));
-    for (auto& lane : ws.lanes) {
-      lane.tile.resize(std::min(query_block_, n_q), std::min(key_block_, n_k));
-      lane.row_max.resize(lane.tile.rows());
-      lane.row_sum.resize(lane.tile.rows());
-      lane.rescale.resize(lane.tile.rows());
-      lane.keep.resize(lane.tile.cols());
-    }
-    const auto query_tile = [&](index_t t, index_t lane_index) {
-      lane_type& lane = ws.lanes[static_cast<std::size_t>(lane_index)];
-      const index_t q0 = t * query_block_;
-      const index_t rows = std::min(query_block_, n_q - q0);
-      // Causal: the last key any query of this tile may see is its last query's position.
-      const index_t key_end = mask.causal ? q0 + rows : n_k;
-      auto acc = out.middleRows(q0, rows);
-      acc.setZero();
-      auto m = lane.row_max.head(rows);
-      auto l = lane.row_sum.head(rows);
-      m.setConstant(-std::numeric_limits<T>::infinity());
-      l.setZero();
-      for (index_t k0 = 0; k0 < key_end; k0 += key_block_) {
-        const index_t cols = std::min(key_block_, key_end - k0);
-        auto s = lane.tile.topLeftCorner(rows, cols);
-        s.noalias() = scale * (q.middleRows(q0, rows) * k.middleRows(k0, cols).transpose());
-        const bool padded = !mask.key_mask.empty();
-        const bool diagonal = mask.causal && k0 + cols > q0 + 1;
-        if (padded || diagonal) mask_tile(s, q0, k0, mask, padded, diagonal, lane.keep);
-        online_update(s, acc, v.middleRows(k0, cols), m, l, lane.rescale.head(rows), padded,
-                      diagonal, q0, k0, lane.keep);
-      }
-      for (index_t r = 0; r < rows; ++r) {
-        if (q0 + r < seeing) {  // every key this query may see is padding
-          acc.row(r).setZero();
-          if (log_normaliser != nullptr) log_normaliser[q0 + r] = minus_inf;
-          continue;
-        }
-        // Visible keys but no finite maximum: every logit overflowed to -inf, or is NaN.
-        PERFORMER_PRECONDITION(m(r) > minus_inf, who, detail::overflow_text);
-        acc.row(r) /= l(r);
-        if (log_normaliser != nullptr) log_normaliser[q0 + r] = m(r) + std::log(l(r));
-      }
-    };
-    if (parallel) {
-      detail::parallel_for(query_tiles, query_tile);
-    } else {
-      for (index_t t = 0; t < query_tiles; ++t) query_tile(t, 0);
-    }
-    require_finite_result(who, out);
-  }
+                    workspace_type& ws, T* log_normaliser) const;
 
   static constexpr T minus_inf = -std::numeric_limits<T>::infinity();
 
@@ -211,5 +148,77 @@ class tiled_softmax_attention {
 
 static_assert(attention_mechanism<tiled_softmax_attention<float>>);
 static_assert(attention_mechanism<tiled_softmax_attention<double>>);
+
+template <real_scalar T>
+void tiled_softmax_attention<T>::forward_impl(const const_matrix_ref<T>& q,
+                                              const const_matrix_ref<T>& k,
+                                              const const_matrix_ref<T>& v, matrix_ref<T> out,
+                                              const attention_mask& mask, workspace_type& ws,
+                                              T* log_normaliser) const {
+  constexpr const char* who = "tiled_softmax_attention::forward";
+  check_attention_args<T>(who, q, k, v, out, mask);
+  const index_t n_q = q.rows();
+  const index_t n_k = k.rows();
+  const T scale = T(1) / std::sqrt(static_cast<T>(q.cols()));
+  const index_t seeing = detail::first_seeing_query(mask, n_q, n_k);
+  const index_t query_tiles = (n_q + query_block_ - 1) / query_block_;
+  // Query tiles are independent: they run on the library's own threads, each tile's products
+  // serial inside (Eigen does not nest), so one parallel region per call instead of one per
+  // tile product, and the bits do not depend on the thread count. Below about 2^20
+  // multiply-adds a region costs more than it saves.
+  const bool parallel = static_cast<double>(n_q) * static_cast<double>(n_k) *
+                            static_cast<double>(q.cols() + v.cols()) >=
+                        double{1 << 20};
+  const index_t lanes = parallel ? detail::lanes_for(query_tiles) : 1;
+  if (ws.lanes.size() < static_cast<std::size_t>(lanes))
+    ws.lanes.resize(static_cast<std::size_t>(lanes));
+  for (auto& lane : ws.lanes) {
+    lane.tile.resize(std::min(query_block_, n_q), std::min(key_block_, n_k));
+    lane.row_max.resize(lane.tile.rows());
+    lane.row_sum.resize(lane.tile.rows());
+    lane.rescale.resize(lane.tile.rows());
+    lane.keep.resize(lane.tile.cols());
+  }
+  const auto query_tile = [&](index_t t, index_t lane_index) {
+    lane_type& lane = ws.lanes[static_cast<std::size_t>(lane_index)];
+    const index_t q0 = t * query_block_;
+    const index_t rows = std::min(query_block_, n_q - q0);
+    // Causal: the last key any query of this tile may see is its last query's position.
+    const index_t key_end = mask.causal ? q0 + rows : n_k;
+    auto acc = out.middleRows(q0, rows);
+    acc.setZero();
+    auto m = lane.row_max.head(rows);
+    auto l = lane.row_sum.head(rows);
+    m.setConstant(-std::numeric_limits<T>::infinity());
+    l.setZero();
+    for (index_t k0 = 0; k0 < key_end; k0 += key_block_) {
+      const index_t cols = std::min(key_block_, key_end - k0);
+      auto s = lane.tile.topLeftCorner(rows, cols);
+      s.noalias() = scale * (q.middleRows(q0, rows) * k.middleRows(k0, cols).transpose());
+      const bool padded = !mask.key_mask.empty();
+      const bool diagonal = mask.causal && k0 + cols > q0 + 1;
+      if (padded || diagonal) mask_tile(s, q0, k0, mask, padded, diagonal, lane.keep);
+      online_update(s, acc, v.middleRows(k0, cols), m, l, lane.rescale.head(rows), padded, diagonal,
+                    q0, k0, lane.keep);
+    }
+    for (index_t r = 0; r < rows; ++r) {
+      if (q0 + r < seeing) {  // every key this query may see is padding
+        acc.row(r).setZero();
+        if (log_normaliser != nullptr) log_normaliser[q0 + r] = minus_inf;
+        continue;
+      }
+      // Visible keys but no finite maximum: every logit overflowed to -inf, or is NaN.
+      PERFORMER_PRECONDITION(m(r) > minus_inf, who, detail::overflow_text);
+      acc.row(r) /= l(r);
+      if (log_normaliser != nullptr) log_normaliser[q0 + r] = m(r) + std::log(l(r));
+    }
+  };
+  if (parallel) {
+    detail::parallel_for(query_tiles, query_tile);
+  } else {
+    for (index_t t = 0; t < query_tiles; ++t) query_tile(t, 0);
+  }
+  require_finite_result(who, out);
+}
 
 }  // namespace performer

@@ -75,43 +75,7 @@ class trainer {
    * and adamw throw (a non-finite gradient names its tensor); the model is unchanged then.
    */
   double step(std::span<const std::vector<std::int64_t>> inputs,
-              std::span<const std::vector<std::int64_t>> targets) {
-    constexpr const char* who = "trainer::step";
-    PERFORMER_PRECONDITION(!inputs.empty() && inputs.size() == targets.size(), who, ": ",
-                           inputs.size(), " input sequences and ", targets.size(),
-                           " target sequences; expected the same positive number");
-    counted_.assign(inputs.size(), 0.0);
-    double total = 0;
-    for (std::size_t b = 0; b < inputs.size(); ++b) {
-      PERFORMER_PRECONDITION(inputs[b].size() == targets[b].size() && !inputs[b].empty(), who,
-                             ": sequence ", b, " has ", inputs[b].size(), " inputs and ",
-                             targets[b].size(), " targets");
-      for (const std::int64_t t : targets[b]) counted_[b] += t == -1 ? 0.0 : 1.0;
-      total += counted_[b];
-    }
-    PERFORMER_PRECONDITION(total > 0, who, ": no target in the batch is counted (all are -1)");
-    zero(grads_);
-    double loss = 0;
-    const bool causal = model_.config().block.causal;
-    for (std::size_t b = 0; b < inputs.size(); ++b) {
-      const auto n = static_cast<index_t>(inputs[b].size());
-      logits_.resize(n, model_.config().vocab);
-      pass::forward(model_, inputs[b], logits_, {}, causal, tape_, ws_);
-      const double counted = counted_[b];
-      if (counted == 0) continue;
-      // cross_entropy averages over this sequence's targets; rescale to the batch's mean.
-      loss += cross_entropy<T>(logits_, targets[b], logits_) * counted / total;
-      logits_ *= static_cast<T>(counted / total);
-      pass::backward(model_, tape_, logits_, grads_, ws_);
-    }
-    last_norm_ = optimizer_.step(gradient_views_);
-    model_.set_parameters(params_);
-    for (index_t l = 0; l < model_.stack().layers(); ++l) {
-      model_.stack().layer(l).set_parameters(blocks_[static_cast<std::size_t>(l)]);
-    }
-    model_.stack().set_final_norm(final_gain_, final_bias_);
-    return loss;
-  }
+              std::span<const std::vector<std::int64_t>> targets);
 
   /// The model being trained.
   [[nodiscard]] const model_type& model() const noexcept { return model_; }
@@ -162,5 +126,46 @@ class trainer {
   std::vector<double> counted_;  // each sequence's counted targets, in the current step
   double last_norm_ = 0;
 };
+
+template <class Attention>
+  requires differentiable_attention<Attention>
+double trainer<Attention>::step(std::span<const std::vector<std::int64_t>> inputs,
+                                std::span<const std::vector<std::int64_t>> targets) {
+  constexpr const char* who = "trainer::step";
+  PERFORMER_PRECONDITION(!inputs.empty() && inputs.size() == targets.size(), who, ": ",
+                         inputs.size(), " input sequences and ", targets.size(),
+                         " target sequences; expected the same positive number");
+  counted_.assign(inputs.size(), 0.0);
+  double total = 0;
+  for (std::size_t b = 0; b < inputs.size(); ++b) {
+    PERFORMER_PRECONDITION(inputs[b].size() == targets[b].size() && !inputs[b].empty(), who,
+                           ": sequence ", b, " has ", inputs[b].size(), " inputs and ",
+                           targets[b].size(), " targets");
+    for (const std::int64_t t : targets[b]) counted_[b] += t == -1 ? 0.0 : 1.0;
+    total += counted_[b];
+  }
+  PERFORMER_PRECONDITION(total > 0, who, ": no target in the batch is counted (all are -1)");
+  zero(grads_);
+  double loss = 0;
+  const bool causal = model_.config().block.causal;
+  for (std::size_t b = 0; b < inputs.size(); ++b) {
+    const auto n = static_cast<index_t>(inputs[b].size());
+    logits_.resize(n, model_.config().vocab);
+    pass::forward(model_, inputs[b], logits_, {}, causal, tape_, ws_);
+    const double counted = counted_[b];
+    if (counted == 0) continue;
+    // cross_entropy averages over this sequence's targets; rescale to the batch's mean.
+    loss += cross_entropy<T>(logits_, targets[b], logits_) * counted / total;
+    logits_ *= static_cast<T>(counted / total);
+    pass::backward(model_, tape_, logits_, grads_, ws_);
+  }
+  last_norm_ = optimizer_.step(gradient_views_);
+  model_.set_parameters(params_);
+  for (index_t l = 0; l < model_.stack().layers(); ++l) {
+    model_.stack().layer(l).set_parameters(blocks_[static_cast<std::size_t>(l)]);
+  }
+  model_.stack().set_final_norm(final_gain_, final_bias_);
+  return loss;
+}
 
 }  // namespace performer

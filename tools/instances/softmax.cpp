@@ -1,7 +1,7 @@
-// Explicit instantiation definitions for the test executables (support/instantiations.hpp
-// declares them extern for every test body), one share of them per file so that the build
+// Explicit instantiation definitions for the project's own programs (instances/instances.hpp
+// declares them extern for each of them), one share of them per file so that the build
 // compiles the shares in parallel.
-#include "support/instantiations.hpp"
+#include "instances/instances.hpp"
 
 template class performer::softmax_attention<float>;
 template class performer::softmax_attention<double>;

@@ -1,8 +1,0 @@
-// Explicit instantiation definitions for the test executables (support/instantiations.hpp
-// declares them extern for every test body), one share of them per file so that the build
-// compiles the shares in parallel.
-#include "support/instantiations.hpp"
-
-template class performer::transformer_block<performer::softmax_attention<double>>;
-template class performer::transformer_block<performer::favor_attention<double>>;
-template class performer::transformer_stack<performer::softmax_attention<double>>;

@@ -1,0 +1,13 @@
+// Explicit instantiation definitions for the project's own programs (instances/instances.hpp
+// declares them extern for each of them), one share of them per file so that the build
+// compiles the shares in parallel.
+#include "instances/instances.hpp"
+
+template class performer::transformer_block<performer::softmax_attention<float>>;
+template class performer::transformer_block<performer::tiled_softmax_attention<float>>;
+template class performer::transformer_block<performer::favor_attention<float>>;
+template class performer::transformer_block<performer::lsh_attention<float>>;
+template class performer::transformer_stack<performer::softmax_attention<float>>;
+template class performer::transformer_stack<performer::tiled_softmax_attention<float>>;
+template class performer::transformer_stack<performer::favor_attention<float>>;
+template class performer::transformer_stack<performer::lsh_attention<float>>;
