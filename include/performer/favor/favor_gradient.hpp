@@ -71,25 +71,7 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
                        const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
                        const const_matrix_ref<T>& out, const const_matrix_ref<T>& dout,
                        matrix_ref<T> dq, matrix_ref<T> dk, matrix_ref<T> dv,
-                       const attention_mask& mask, workspace_type& ws, const saved_type& /*saved*/) {
-    constexpr const char* who = "attention_gradient<favor_attention>::backward";
-    check_backward_args<T>(who, q, k, v, out, dout, dq, dk, dv, mask);
-    PERFORMER_PRECONDITION(q.cols() == a.projection().dim(), who, ": q is ", detail::shape(q),
-                           " but the projection is for head width ", a.projection().dim());
-    const sweep s{a, a.map_for(q, k, mask), q, k, v, out, dout, dq, dk, dv, mask, ws};
-    s.prepare();
-    if (mask.causal) {
-      s.causal_forward();
-      s.causal_reverse();
-    } else {
-      s.key_state();
-      s.query_sweep();
-      s.key_sweep();
-    }
-    require_finite_result(who, dq);
-    require_finite_result(who, dk);
-    require_finite_result(who, dv);
-  }
+                       const attention_mask& mask, workspace_type& ws, const saved_type& /*saved*/);
 
  private:
   static constexpr T minus_inf = -std::numeric_limits<T>::infinity();
@@ -347,5 +329,31 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
     }
   };
 };
+
+template <real_scalar T, class FeatureMap, projection_sampler Sampler>
+  requires differentiable_feature_map<FeatureMap, T>
+void attention_gradient<favor_attention<T, FeatureMap, Sampler, T>>::backward(
+    const attention_type& a, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+    const const_matrix_ref<T>& v, const const_matrix_ref<T>& out, const const_matrix_ref<T>& dout,
+    matrix_ref<T> dq, matrix_ref<T> dk, matrix_ref<T> dv, const attention_mask& mask,
+    workspace_type& ws, const saved_type& /*saved*/) {
+  constexpr const char* who = "attention_gradient<favor_attention>::backward";
+  check_backward_args<T>(who, q, k, v, out, dout, dq, dk, dv, mask);
+  PERFORMER_PRECONDITION(q.cols() == a.projection().dim(), who, ": q is ", detail::shape(q),
+                         " but the projection is for head width ", a.projection().dim());
+  const sweep s{a, a.map_for(q, k, mask), q, k, v, out, dout, dq, dk, dv, mask, ws};
+  s.prepare();
+  if (mask.causal) {
+    s.causal_forward();
+    s.causal_reverse();
+  } else {
+    s.key_state();
+    s.query_sweep();
+    s.key_sweep();
+  }
+  require_finite_result(who, dq);
+  require_finite_result(who, dk);
+  require_finite_result(who, dv);
+}
 
 }  // namespace performer
