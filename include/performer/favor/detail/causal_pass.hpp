@@ -262,11 +262,17 @@ struct causal_pass {
     for (index_t i = 0; i < rows; ++i) {
       const Acc local = blk.local_max(r0 + i);
       const Acc shift = std::max(carried.shift, local);
-      const Acc own = shifted_exp(local, shift);
-      const Acc earlier = shifted_exp(carried.shift, shift);
+      const Acc own = factor(local, shift);
+      const Acc earlier = factor(carried.shift, shift);
       num.row(i) = own * num.row(i) + earlier * earlier_num.row(i);
       den(i) = own * den(i) + earlier * earlier_den(i);
     }
+  }
+
+  /// shifted_exp(x, shift) without the exponential in the common case x = shift (finite):
+  /// the running maximum is one of the two shifts, and rarely rises.
+  static Acc factor(Acc x, Acc shift) {
+    return x == shift && x != minus_inf ? Acc(1) : shifted_exp(x, shift);
   }
 
   void finish(index_t b, block_type& blk, index_t first_seeing) const {
