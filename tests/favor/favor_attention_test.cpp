@@ -1,14 +1,20 @@
 // Covers performer/favor/favor_attention.hpp: approximation of exact softmax (error ~ 1/sqrt(m)),
 // causal vs bidirectional, the stabiliser under extreme norms, accumulator precision, segments,
-// redraws and bad configuration. The contract every mechanism shares (conformance,
+// the causal waves, redraws and bad configuration. The contract every mechanism shares (conformance,
 // determinism, allocation) is in conformance_test.cpp and its siblings; the decoder in favor_decoder_test.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <performer/favor/favor_attention.hpp>
 #include <performer/favor/favor_decoder.hpp>
@@ -207,8 +213,8 @@ TEST(FavorAttention, RejectsBadConfigurationAndInput) {
 namespace favor_favor_attention_test {
 namespace {
 
-// Segments change only the order of the sums: a split and an unsplit pass agree to rounding,
-// in both paths, with padding.
+// Bidirectional segments change only the order of the sums: a split and an unsplit pass agree
+// to rounding, with padding. The causal path does not use segments at all: the same bits.
 TEST(FavorAttention, SegmentsChangeOnlyRounding) {
   const index_t n = 203;
   const auto q = random_matrix<double>(n, 8, 1);
@@ -219,17 +225,121 @@ TEST(FavorAttention, SegmentsChangeOnlyRounding) {
   const favor_attention<double> whole(8, 32, 4, {}, {}, {.block = 16, .chunk = 8, .segments = 1});
   const favor_attention<double> split(8, 32, 4, {}, {},
                                       {.block = 16, .chunk = 8, .segments = 5, .min_segment = 10});
-  for (const bool causal : {false, true}) {
-    const attention_mask mask{causal, keep};
-    const row_matrix<double> a = performer::attend(whole, q, k, v, mask);
-    const row_matrix<double> b = performer::attend(split, q, k, v, mask);
-    EXPECT_LT((a - b).cwiseAbs().maxCoeff(), 1e-13) << "causal " << causal;
-  }
+  const attention_mask bidirectional{false, keep};
+  const row_matrix<double> a = performer::attend(whole, q, k, v, bidirectional);
+  const row_matrix<double> b = performer::attend(split, q, k, v, bidirectional);
+  EXPECT_LT((a - b).cwiseAbs().maxCoeff(), 1e-13);
+  const attention_mask causal{true, keep};
+  EXPECT_TRUE(performer::conformance::same_bits(performer::attend(whole, q, k, v, causal),
+                                                performer::attend(split, q, k, v, causal)));
 }
 
+// The causal waves (favor/detail/causal_pass.hpp) on a small layout that has every case: blocks
+// of 16 in waves of 3, chunks of 4, N = 16 * 3 * 3 + 7 (three full waves, then a wave of one
+// ragged block), padding, and keys with the largest log scale a key can have early in two
+// blocks, so that many later queries' block-local shifts lie far below their global ones (a
+// correction that skipped a rescale, or took another block's state, would be far off).
+struct wave_problem {
+  static constexpr index_t n = 16 * 3 * 3 + 7;
+  static constexpr index_t d = 8;
+  row_matrix<double> q = random_matrix<double>(n, d, 11, 0.8);
+  row_matrix<double> k = random_matrix<double>(n, d, 12, 0.8);
+  row_matrix<double> v = random_matrix<double>(n, 5, 13);
+  std::vector<std::uint8_t> keep = std::vector<std::uint8_t>(static_cast<std::size_t>(n), 1);
 
-// N = 65,536 (N x N floats would be 16 GiB), where the sequence is cut into two segments that
-// run on separate threads: the workspace bound is the same formula as at any N, with no N in it.
+  /// Waves on several threads (with more than one), however small the blocks.
+  static performer::favor_options options(index_t wave_blocks) {
+    return {.block = 16, .chunk = 4, .wave_blocks = wave_blocks, .parallel_block_work = 1};
+  }
+
+  explicit wave_problem(const favor_attention<double>& a) {
+    index_t longest = 0;
+    a.projection().matrix().rowwise().squaredNorm().maxCoeff(&longest);
+    const row_matrix<double> loud = a.projection().matrix().row(longest) * std::pow(d, 0.25);
+    k.row(18) = loud;   // block 1, chunk 0: every later query's shift
+    k.row(101) = loud;  // block 6, chunk 1: ties it (the maximum does not rise)
+    for (std::size_t j = 5; j < keep.size(); j += 9) keep[j] = 0;
+    keep[0] = keep[1] = 0;  // the first queries see no key
+  }
+};
+
+/// Causal FAVOR from the mechanism's own feature map and projection, summed in long double with
+/// each query's shift the largest log scale among the keys it sees: no blocks, chunks or waves.
+row_matrix<double> exact_causal(const favor_attention<double>& a, const wave_problem& p) {
+  const index_t n = wave_problem::n;
+  const index_t m = a.feature_count();
+  row_matrix<double> phi_q(n, m), phi_k(n, m);
+  performer::vector<double> log_q(n), log_k(n);
+  a.feature_map().apply(a.projection().matrix(), p.q, phi_q, log_q);
+  a.feature_map().apply(a.projection().matrix(), p.k, phi_k, log_k);
+  row_matrix<double> out = row_matrix<double>::Zero(n, p.v.cols());
+  for (index_t i = 0; i < n; ++i) {
+    double shift = -std::numeric_limits<double>::infinity();
+    for (index_t j = 0; j <= i; ++j) {
+      if (p.keep[static_cast<std::size_t>(j)] != 0) shift = std::max(shift, log_k(j));
+    }
+    long double den = 0;
+    Eigen::Matrix<long double, 1, Eigen::Dynamic> num =
+        Eigen::Matrix<long double, 1, Eigen::Dynamic>::Zero(p.v.cols());
+    for (index_t j = 0; j <= i; ++j) {
+      if (p.keep[static_cast<std::size_t>(j)] == 0) continue;
+      long double dot = 0;
+      for (index_t f = 0; f < m; ++f) dot += static_cast<long double>(phi_q(i, f)) * phi_k(j, f);
+      const long double c = std::exp(static_cast<long double>(log_k(j)) - shift) * dot;
+      den += c;
+      num += c * p.v.row(j).cast<long double>();
+    }
+    if (den != 0) out.row(i) = (num / den).cast<double>();
+  }
+  return out;
+}
+
+// Each output is a convex combination of values in [-1, 1] (positive features): the ratio of two
+// sums of positive terms, each term through at most N + 2M + a few dozen roundings (the key
+// sums, the feature dot products, the rescales), so the relative error of num and den is at most
+// about (151 + 64 + 48) u = 3e-14 and the output moves by at most twice that; the features
+// themselves (the same map on rows grouped differently) differ by a few u. 1e-12 leaves a
+// margin of 15; an output with a lost or misplaced term is off by orders more.
+TEST(FavorAttention, CausalWavesMatchAnExactSumOfTheSameFeatures) {
+  const favor_attention<double> a(wave_problem::d, 32, 5, {}, {}, wave_problem::options(3));
+  const wave_problem p(a);
+  const row_matrix<double> got = performer::attend(a, p.q, p.k, p.v, attention_mask{true, p.keep});
+  const row_matrix<double> want = exact_causal(a, p);
+  EXPECT_LT((got - want).cwiseAbs().maxCoeff(), 1e-12);
+  EXPECT_TRUE(got.topRows(2).isZero(0)) << "queries that see no key get zero rows";
+}
+
+// The bits depend on N and the options only: a block's sums depend on its own tokens and the
+// state of the keys before it, which the prefix adds up block by block in the same order
+// whatever the wave width or the thread count. So 1, 2 and 3 threads (3 splits a wave of 3 one
+// block per thread, 2 unevenly) and any wave width give the same bits.
+TEST(FavorAttention, CausalBitsDoNotDependOnThreadsOrWaveWidth) {
+  const favor_attention<double> a(wave_problem::d, 32, 5, {}, {}, wave_problem::options(3));
+  const wave_problem p(a);
+  const attention_mask mask{true, p.keep};
+  const row_matrix<double> base = performer::attend(a, p.q, p.k, p.v, mask);
+  for (const index_t wave : {index_t{1}, index_t{2}, index_t{10}, index_t{64}}) {
+    const favor_attention<double> other(wave_problem::d, 32, 5, {}, {}, wave_problem::options(wave));
+    EXPECT_TRUE(performer::conformance::same_bits(performer::attend(other, p.q, p.k, p.v, mask), base))
+        << "wave_blocks " << wave;
+  }
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+  const int eigen_threads = Eigen::nbThreads();
+  Eigen::setNbThreads(1);  // Eigen's own product split is not the library's to answer for
+  for (const int t : {1, 2, 3}) {
+    omp_set_num_threads(t);
+    EXPECT_TRUE(performer::conformance::same_bits(performer::attend(a, p.q, p.k, p.v, mask), base))
+        << t << " threads";
+  }
+  omp_set_num_threads(threads);
+  Eigen::setNbThreads(eigen_threads);
+#endif
+}
+
+// N = 65,536 (N x N floats would be 16 GiB): 256 blocks in 32 causal waves, 2 bidirectional
+// segments that run on separate threads. The workspace bound is the same formula as at any N,
+// with no N in it.
 TEST(FavorAttention, PeakMemoryIsBoundedAtSixtyFiveThousandTokens) {
   if (!performer::counting::available) GTEST_SKIP() << "no counting allocator in this build";
   constexpr index_t n = 65536;

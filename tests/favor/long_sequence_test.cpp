@@ -4,9 +4,11 @@
 //
 // The bound (docs/algorithms.md §2.7). The float path's output is num / den, each a sum of
 // positive weights (times values for num) built by a chain of additions: for the causal path
-// one fold of a C-token chunk per chunk (N / C folds), the C-term sums inside a chunk's
-// products, the M-term dot product with the query's features, and one rescaling per rise of the
-// running maximum (R rises); for the decoder one fold per token (N folds). Modelling the
+// the folds of a block's C-token chunks into the block's state (B / C), the prefix over the
+// blocks' states (N / B), the merge of the two, the C-term sums inside a chunk's products, the
+// M-term dot product with the query's features, and one rescaling per rise of the running
+// maximum (R rises) or of a block's own maximum (at most B / C per block), and the correction to
+// the query's shift; for the decoder one fold per token (N folds). Modelling the
 // roundings as independent with mean zero (Higham and Mary, SIAM J. Sci. Comput. 41(5), 2019,
 // Theorem 3.1), a chain of n additions has relative error at most lambda sqrt(n) u with
 // probability at least 1 - 2 exp(-lambda^2 / 2); lambda = 6 makes a failure by chance less likely
@@ -83,10 +85,12 @@ TEST(LongSequence, CausalFloatAccumulationOverAMillionTokens) {
   const double_sums g(d, m, 5);
   ASSERT_EQ(f.projection().matrix(), g.projection().matrix());
   const index_t c = f.options().chunk;
+  const index_t b_rows = f.options().block;
   const row_matrix<float> a = performer::attend(f, in.q, in.k, in.v, {.causal = true});
   const row_matrix<float> b = performer::attend(g, in.q, in.k, in.v, {.causal = true});
-  const double chain = std::sqrt(static_cast<double>(n / c)) + std::sqrt(static_cast<double>(c)) +
-                       std::sqrt(static_cast<double>(m)) + static_cast<double>(rises_of(f, in.k));
+  const double chain = std::sqrt(static_cast<double>(n / b_rows + b_rows / c + 1)) +
+                       std::sqrt(static_cast<double>(c)) + std::sqrt(static_cast<double>(m)) +
+                       static_cast<double>(rises_of(f, in.k) + b_rows / c + 1);
   const double bound = 2.0 * lambda * u * chain * static_cast<double>(in.v.cwiseAbs().maxCoeff());
   const double error = (a - b).cwiseAbs().maxCoeff();
   RecordProperty("max_error", std::to_string(error));

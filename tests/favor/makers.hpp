@@ -1,6 +1,6 @@
 // FAVOR as the typed suites make it (every feature map, blockings that cut the suites' short
-// sequences into ragged blocks, chunks and segments). The class templates they use are compiled
-// once for all test executables (instances/instances.hpp).
+// sequences into ragged blocks, chunks, segments and waves). The class templates they use are
+// compiled once for all test executables (instances/instances.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -42,7 +42,9 @@ using favor_pp = favor_attention<T, favor_plus_plus_features<T>>;
 namespace performer::test {
 
 /// One FAVOR configuration for the suites. Segments > 1 with min_segment 4 splits the suites'
-/// short sequences as long ones would be.
+/// short sequences as long ones would be (bidirectional); waves of 3 blocks, run on several
+/// threads whatever the work, cut the small-block configurations' causal passes into several
+/// waves, the last ragged, and a wave unevenly over 2 threads.
 template <class A, index_t Features = 64, index_t Block = 256, index_t Chunk = 64, index_t Segments = 2>
 struct favor_maker {
   using attention_type = A;
@@ -65,7 +67,8 @@ struct favor_maker {
 
   static A make(index_t head_dim) {
     return A(head_dim, Features, /*seed=*/7, {}, {},
-             {.block = Block, .chunk = Chunk, .segments = Segments, .min_segment = 4});
+             {.block = Block, .chunk = Chunk, .segments = Segments, .min_segment = 4,
+              .wave_blocks = 3, .parallel_block_work = 1});
   }
 
   /// The key with the largest log scale any key can have (docs/algorithms.md §2.6): x~ equal
@@ -82,11 +85,14 @@ struct favor_maker {
     }
   }
 
-  /// The workspace, field by field (favor_attention::lane_type and state_type): per lane (one
-  /// per thread) phi_q, phi_k (B x M) and log_q, log_k (B) in T; num (B x d_v), den, weights,
-  /// prefix_max (B), scores (C x C) in Acc, and with Acc != T the cast copies cast_q, cast_k
-  /// (B x M) and cast_v (B x d_v); per state S (M x d_v) and z (M) in Acc, one state per segment
-  /// when bidirectional, segments + 2 (segments - 1) when causal. No N anywhere.
+  /// The workspace, field by field (favor_attention::lane_type, state_type and
+  /// detail::causal_block): per lane (one per thread) phi_k (B x M) and log_q, log_k (B) in T,
+  /// num (B x d_v), den, weights (B), scores (C x C) in Acc, and with Acc != T the cast copies
+  /// cast_q, cast_k (B x M) and cast_v (B x d_v). Bidirectional: phi_q (B x M, T) per lane and
+  /// one state, S (M x d_v) and z (M) in Acc, per segment. Causal: the lane's merged state, two
+  /// states (the keys before a block, a spare), and per block of a wave phi_q (B x M, T), num
+  /// (B x d_v), den and local_max (B) and one state per chunk of the block (in order, on one
+  /// lane, one block and one state: within the bound). No N anywhere.
   static long long workspace_bytes(const A& a, index_t n, index_t d_v, bool causal) {
     const auto& o = a.options();
     const long long t = sizeof(T);
@@ -94,11 +100,16 @@ struct favor_maker {
     const long long b = o.block;
     const long long m = a.feature_count();
     const long long c = std::min(o.block, o.chunk);
-    long long lane = (2 * b * m + 2 * b) * t + (b * d_v + 3 * b + c * c) * acc;
+    const long long state = (m * d_v + m) * acc;
+    long long lane = (b * m + 2 * b) * t + (b * d_v + 2 * b + c * c) * acc;
     if constexpr (!std::is_same_v<T, Acc>) lane += (2 * b * m + b * d_v) * acc;
-    const long long segments = std::clamp<index_t>(n / o.min_segment, 1, o.segments);
-    const long long states = causal ? segments + 2 * (segments - 1) : segments;
-    return detail::available_threads() * lane + states * (m * d_v + m) * acc;
+    if (!causal) {
+      const long long segments = std::clamp<index_t>(n / o.min_segment, 1, o.segments);
+      return detail::available_threads() * (lane + b * m * t) + segments * state;
+    }
+    const long long width = std::min<long long>(o.wave_blocks, (n + b - 1) / b);
+    const long long block = b * m * t + (b * d_v + 2 * b) * acc + (b + c - 1) / c * state;
+    return detail::available_threads() * (lane + state) + 2 * state + width * block;
   }
 };
 
@@ -115,7 +126,8 @@ using favor_makers = ::testing::Types<
 /// One maker per distinct attention type (scalar, map, sampler, accumulator): the suites whose
 /// checks do not depend on the blocking (determinism, allocation, bad input) run on these; the
 /// conformance suite runs on every blocking above. The first keeps 2 segments at the suites'
-/// lengths, so the parallel segment paths run; the double one is cut into 3.
+/// lengths, so the parallel segment paths run; the double one is cut into 3 segments, and its
+/// causal pass into waves of 3 blocks of 7 tokens.
 using favor_core_makers = ::testing::Types<
     favor_maker<favor_attention<float>>, favor_maker<favor_attention<double>, 32, 7, 5, 3>,
     favor_maker<favor_mixed<float>>, favor_maker<favor_hyperbolic<float>>,

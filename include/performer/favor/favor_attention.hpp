@@ -20,6 +20,7 @@
 #include "../core/error.hpp"
 #include "../core/gradient.hpp"
 #include "detail/accumulator.hpp"
+#include "detail/causal_pass.hpp"
 #include "feature_map.hpp"
 #include "features/positive_features.hpp"
 #include "../random/projection.hpp"
@@ -39,22 +40,27 @@ namespace performer {
  *   and z = phi(K)^T 1 (M); then each block of queries gives out = (phi(Q) S) / (phi(Q) z).
  *   Padded keys are dropped after the feature map, so they leave both S and z.
  * - Causal: chunks of C tokens; within a chunk a masked C x C product, across chunks a
- *   carried prefix state (S, z), both as matrix products (docs/algorithms.md §2.4).
+ *   carried prefix state (S, z), both as matrix products (docs/algorithms.md §2.4). Blocks of
+ *   B tokens start from an empty state; a prefix over the blocks' key states gives each block
+ *   the keys before it, merged with the block's own earlier chunks before the one carried
+ *   product, so no key is mapped or folded twice (favor/detail/causal_pass.hpp).
  * - Stabiliser: the feature map returns features with their per-row log scale split off. A
  *   per-query scale cancels; keys share a running maximum c of their log scales, and the
  *   carried state is rescaled by exp(c_old - c_new) when it rises, as online softmax does. In
- *   the causal path query i only ever uses the maximum over keys j <= i, so a future token
- *   cannot leak in through the stabiliser, whatever its norm.
- * - Threads: a long sequence is cut into favor_options::segments segments at boundaries that
- *   depend on N only. Bidirectional: the segments' key states are summed in a fixed order.
- *   Causal: a first pass computes the key state of every segment but the last, a prefix sum
- *   gives each segment its starting state, and the segments then run their causal passes in
- *   parallel. Query blocks are independent. So the result is the same, bit for bit, on any
- *   number of threads.
+ *   the causal path query i only ever uses the maximum over keys j <= i (its block's, then
+ *   raised by the keys before the block), so a future token cannot leak in through the
+ *   stabiliser, whatever its norm.
+ * - Threads: bidirectional, a long sequence is cut into favor_options::segments segments at
+ *   boundaries that depend on N only, and their key states are summed in a fixed order. Causal,
+ *   the blocks run in waves of favor_options::wave_blocks, in parallel except the prefix, which
+ *   adds the blocks' states in block order; on one thread they run in order. Either way every
+ *   value is computed by the same operations, and query blocks are independent, so the result
+ *   is the same, bit for bit, on any number of threads (and any wave width).
  *
- * Complexity (M features, m = projection rows, B block rows, C chunk): time
- * O(N m d + N M d_v) bidirectional, plus O(N C (M + d_v)) causal; workspace
- * O(threads ((B + C) M + C^2) + segments M d_v), independent of N.
+ * Complexity (M features, m = projection rows, B block rows, C chunk, W wave blocks): time
+ * O(N m d + N M d_v) bidirectional, plus O(N C (M + d_v)) causal; workspace, independent of N,
+ * O(threads B M + segments M d_v) bidirectional, O(threads (B M + C^2 + M d_v) +
+ * W (B (M + d_v) + (B / C) M d_v)) causal (one block instead of W on one thread).
  *
  * The projection is fixed between redraws: forward() is const and thread-safe with one
  * workspace per thread. To redraw every k training steps, call `projection().on_call()` once
@@ -84,16 +90,18 @@ class favor_attention {
 
   /// One thread's scratch: B or C rows of features, never N.
   struct lane_type {
-    row_matrix<T> phi_q, phi_k;
+    row_matrix<T> phi_q, phi_k;  ///< phi_q: bidirectional only (a causal wave keeps its own)
     vector<T> log_q, log_k;
     row_matrix<Acc> num, scores, cast_q, cast_k, cast_v;
-    vector<Acc> den, weights, prefix_max;
+    vector<Acc> den, weights;
+    state_type merged;  ///< causal: the state a chunk's queries are multiplied by
   };
 
   /// Scratch memory; its size depends on M, d_v, the blocks and the thread count, not on N.
   struct workspace_type {
     std::vector<lane_type> lanes;
     std::vector<state_type> states;
+    std::vector<detail::causal_block<T, Acc>> blocks;  ///< one per block of a causal wave
   };
 
   /**
@@ -110,11 +118,14 @@ class favor_attention {
         map_(std::move(map)),
         options_(options) {
     PERFORMER_PRECONDITION(options.block > 0 && options.chunk > 0 && options.segments > 0 &&
-                               options.min_segment > 0 && options.backward_chunk > 0,
+                               options.min_segment > 0 && options.backward_chunk > 0 &&
+                               options.wave_blocks > 0 && options.parallel_block_work > 0,
                            "favor_attention: block (", options.block, "), chunk (",
                            options.chunk, "), segments (", options.segments,
-                           "), min_segment (", options.min_segment, ") and backward_chunk (",
-                           options.backward_chunk, ") must be positive");
+                           "), min_segment (", options.min_segment, "), backward_chunk (",
+                           options.backward_chunk, "), wave_blocks (", options.wave_blocks,
+                           ") and parallel_block_work (", options.parallel_block_work,
+                           ") must be positive");
   }
 
   [[nodiscard]] const projection_type& projection() const noexcept { return projection_; }
@@ -142,7 +153,7 @@ class favor_attention {
     PERFORMER_PRECONDITION(q.cols() == projection_.dim(), who, ": q is ", detail::shape(q),
                            " but the projection is for head width ", projection_.dim());
     if (mask.causal) {
-      causal(map_, q, k, v, out, mask, ws);
+      detail::causal_pass<favor_attention>{*this, map_, q, k, v, out, mask, ws}.run();
     } else {
       bidirectional(map_for(q, k, mask), q, k, v, out, mask, ws);
     }
@@ -177,10 +188,12 @@ class favor_attention {
   // The backward (favor/favor_gradient.hpp) maps features and folds key states with the
   // helpers below, so that it recomputes exactly what the forward computed.
   friend struct attention_gradient<favor_attention>;
+  // The causal path (favor/detail/causal_pass.hpp) uses the same helpers.
+  friend struct detail::causal_pass<favor_attention>;
 
   static constexpr Acc minus_inf = -std::numeric_limits<Acc>::infinity();
 
-  /// Segments a sequence of n tokens is split into (a function of n and the options only).
+  /// Segments the bidirectional path splits n keys into (a function of n and the options only).
   [[nodiscard]] index_t segments_for(index_t n) const {
     return std::clamp<index_t>(n / options_.min_segment, 1, options_.segments);
   }
@@ -188,19 +201,21 @@ class favor_attention {
   /// Start of segment s of `count` over [0, n).
   static index_t segment_start(index_t n, index_t count, index_t s) { return n * s / count; }
 
-  void prepare(workspace_type& ws, index_t lanes, index_t states, index_t value_dim) const {
+  /// Lanes and states for a call; the causal path keeps query features per block, not per
+  /// lane (query_features = false).
+  void prepare(workspace_type& ws, index_t lanes, index_t states, index_t value_dim,
+               bool query_features = true) const {
     const index_t m = feature_count();
     const index_t rows = options_.block;
     if (ws.lanes.size() < static_cast<std::size_t>(lanes)) ws.lanes.resize(lanes);
     for (auto& lane : ws.lanes) {
-      lane.phi_q.resize(rows, m);
+      if (query_features) lane.phi_q.resize(rows, m);
       lane.phi_k.resize(rows, m);
       lane.log_q.resize(rows);
       lane.log_k.resize(rows);
       lane.num.resize(rows, value_dim);
       lane.den.resize(rows);
       lane.weights.resize(rows);
-      lane.prefix_max.resize(rows);
       lane.scores.resize(std::min(rows, options_.chunk), std::min(rows, options_.chunk));
     }
     if (ws.states.size() < static_cast<std::size_t>(states)) ws.states.resize(states);
@@ -303,114 +318,6 @@ class favor_attention {
       den.noalias() = phi * total.norm;
       normalise(num, den, out.middleRows(q0, rows), q0, seeing);
     });
-  }
-
-  void causal(const FeatureMap& map, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
-              const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
-              workspace_type& ws) const {
-    const index_t n = q.rows();
-    const index_t segments = segments_for(n);
-    // Pass 1: key states of the two halves of every segment but the last (so that two
-    // threads share the work even at two segments). States [0, segments) are the segments'
-    // starting states, [segments, segments + pieces) the halves'.
-    const index_t pieces = 2 * (segments - 1);
-    prepare(ws, std::max(detail::lanes_for(pieces), detail::lanes_for(segments)),
-            segments + pieces, v.cols());
-    detail::parallel_for(pieces, [&](index_t p, index_t lane) {
-      const index_t begin = segment_start(n, segments, p / 2);
-      const index_t end = segment_start(n, segments, p / 2 + 1);
-      const index_t middle = begin + (end - begin) / 2;
-      key_state(map, k, v, mask, p % 2 == 0 ? begin : middle, p % 2 == 0 ? middle : end,
-                ws.states[segments + p], ws.lanes[lane]);
-    });
-    ws.states[0].reset(feature_count(), v.cols());
-    for (index_t s = 1; s < segments; ++s) {
-      ws.states[s] = ws.states[s - 1];
-      ws.states[s].add(ws.states[segments + 2 * (s - 1)]);
-      ws.states[s].add(ws.states[segments + 2 * (s - 1) + 1]);
-    }
-    // Pass 2: every segment's causal pass from its starting state.
-    const index_t seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
-    detail::parallel_for(segments, [&](index_t s, index_t lane) {
-      causal_range(map, q, k, v, out, mask, seeing, segment_start(n, segments, s),
-                   segment_start(n, segments, s + 1), ws.states[s], ws.lanes[lane]);
-    });
-  }
-
-  /// The chunked causal pass over tokens [begin, end), carrying st (the keys before `begin`);
-  /// `seeing` is the first query that sees a key. Features are mapped B rows at a time (one
-  /// larger product amortises packing the projection), then consumed C rows at a time.
-  void causal_range(const FeatureMap& map, const const_matrix_ref<T>& q,
-                    const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
-                    matrix_ref<T> out, const attention_mask& mask, index_t seeing, index_t begin,
-                    index_t end, state_type& st, lane_type& lane) const {
-    for (index_t b0 = begin; b0 < end; b0 += options_.block) {
-      const index_t block_rows = std::min(options_.block, end - b0);
-      features_of(map, q, b0, block_rows, lane.phi_q, lane.log_q, nullptr);
-      features_of(map, k, b0, block_rows, lane.phi_k, lane.log_k, &mask);
-      for (index_t c = 0; c < block_rows; c += options_.chunk) {
-        causal_chunk(b0 + c, c, std::min(options_.chunk, block_rows - c), v, out, seeing, st,
-                     lane);
-      }
-    }
-  }
-
-  /// One chunk: tokens [t0, t0 + rows), whose features are rows [r0, r0 + rows) of the lane's
-  /// feature buffers.
-  void causal_chunk(index_t t0, index_t r0, index_t rows, const const_matrix_ref<T>& v,
-                    matrix_ref<T> out, index_t seeing, state_type& st, lane_type& lane) const {
-    const auto v_chunk = v.middleRows(t0, rows);
-    const auto phi_q_rows = lane.phi_q.middleRows(r0, rows);
-    const auto& phi_q = detail::as_accumulator<Acc>(phi_q_rows, lane.cast_q);
-    const auto& v_acc = detail::as_accumulator<Acc>(v_chunk, lane.cast_v);
-    const auto log_k = lane.log_k.segment(r0, rows);
-    auto num = lane.num.topRows(rows);
-    auto den = lane.den.head(rows);
-    auto prefix_max = lane.prefix_max.head(rows);
-    auto weights = lane.weights.head(rows);
-    auto scores = lane.scores.topLeftCorner(rows, rows);
-
-    // Query i's shift: the running maximum over keys j <= i only (never a future key).
-    Acc running = st.shift;
-    for (index_t i = 0; i < rows; ++i) {
-      running = std::max(running, static_cast<Acc>(log_k(i)));
-      prefix_max(i) = running;
-    }
-
-    // Carried prefix, rescaled from the state's shift to each query's own shift.
-    num.noalias() = phi_q * st.sum;
-    den.noalias() = phi_q * st.norm;
-    for (index_t i = 0; i < rows; ++i) {
-      const Acc factor = detail::shifted_exp(st.shift, prefix_max(i));
-      num.row(i) *= factor;
-      den(i) *= factor;
-    }
-
-    // Within the chunk: A_ij = phi(q_i).phi(k_j) exp(log_k_j - shift_i) for j <= i.
-    {
-      const auto phi_k_rows = lane.phi_k.middleRows(r0, rows);
-      const auto& phi_k = detail::as_accumulator<Acc>(phi_k_rows, lane.cast_k);
-      scores.noalias() = phi_q * phi_k.transpose();
-    }
-    // exp(log_k_j - shift_i) = exp(log_k_j - shift_j) when the running maximum did not rise
-    // between j and i (the common case): one exponential per key instead of per pair.
-    for (index_t j = 0; j < rows; ++j) {
-      weights(j) = detail::shifted_exp(static_cast<Acc>(log_k(j)), prefix_max(j));
-    }
-    for (index_t i = 0; i < rows; ++i) {
-      for (index_t j = 0; j <= i; ++j) {
-        scores(i, j) *= prefix_max(j) == prefix_max(i)
-                            ? weights(j)
-                            : detail::shifted_exp(static_cast<Acc>(log_k(j)), prefix_max(i));
-      }
-      scores.row(i).tail(rows - i - 1).setZero();
-    }
-    num.noalias() += scores * v_acc;
-    den.noalias() += scores.rowwise().sum();
-    normalise(num, den, out.middleRows(t0, rows), t0, seeing);
-
-    // Fold the chunk's keys into the carried state at the chunk's final shift.
-    accumulate(lane.phi_k.middleRows(r0, rows), log_k, v_chunk, st, prefix_max(rows - 1), lane);
   }
 
   projection_type projection_;

@@ -21,13 +21,22 @@ struct favor_options {
   /// per token is about twice the forward's: 16 measured fastest at d = 64, m = 256 (bench
   /// bench_gradient: 115 ms against 121 ms at 32 and 122 ms at 8, N = 16,384, one thread).
   index_t backward_chunk = 16;
-  /// Most segments a sequence is split into; segments run in parallel (OpenMP). The causal
-  /// path then maps the keys before each segment boundary twice (once to get the segment's
-  /// carried state, once in its own pass): about 25% more work at 2 segments, in exchange for
-  /// using two cores on one head. 1 disables the split.
+  /// Most segments the bidirectional path splits a sequence into; their key states are summed
+  /// in parallel (OpenMP). 1 disables the split. The causal path does not use it.
   index_t segments = 2;
-  /// Fewest tokens per segment: sequences shorter than 2 x this are never split.
+  /// Fewest tokens per bidirectional segment: sequences shorter than 2 x this are never split.
   index_t min_segment = 32768;
+  /// Blocks per wave of the causal path (W; last, so that positional initialisers written
+  /// before it existed keep their meaning): its blocks start from an empty state and run in
+  /// parallel, then a prefix over their key states gives each the keys before it. The layout
+  /// depends on this and N, never on the thread count, so the bits do not either; more blocks
+  /// than threads balance the load, at B (M + d_v) + M d_v workspace per block.
+  index_t wave_blocks = 8;
+  /// Least work per causal block, B M (d + d_v) multiply-adds, for which the waves run on
+  /// several threads; below it the blocks run in order on one. Waking threads for microseconds
+  /// of work costs more than it saves, and far more on busy cores (a tiny model's causal tests
+  /// ran 1,000 times slower on two oversubscribed threads). The bits are the same either way.
+  index_t parallel_block_work = index_t{1} << 20;
 };
 
 }  // namespace performer

@@ -11,19 +11,22 @@
 ///   (a) its features: measured exactly, by evaluating X's map on the same rows in the same row
 ///       blocks as the mechanism does (hence the same products, bit for bit), giving c~_ij. The
 ///       same perturbation enters num and den, so it moves out_i by at most
-///       sum_j |c~_ij - c_ij| |v_j - out_i| / den_i. Where the mechanism maps a row in more
-///       than one blocking (the causal path's segments map earlier keys twice), the largest
-///       deviation over the blockings is used;
+///       sum_j |c~_ij - c_ij| |v_j - out_i| / den_i. favor_attention maps every row once (B-row
+///       blocks from 0; the bidirectional keys from each segment's start); where a mechanism
+///       maps a row in more than one blocking, the largest deviation over them is used;
 ///   (b) its arithmetic, independently in num and den: each term passes through at most
 ///       N + 2M + 48 roundings (the key sum, the feature sum, the causal chunk products, the
-///       weighting), 2 u per exponential of the stabiliser (its weight, one per rescale of the
-///       carried state: key blocks, causal chunks, segments, every token in the decoder),
-///       u (shift_i - ls_j) for the rounding of the exponents' arguments (the rises of the
-///       running maximum add up to at most that): R_ij = (those) u |c|_ij, with |c|_ij the same
-///       sum over |products|;
-///   (c) roundings in the subnormal range, at most tiny / 2 each, absolute: A_i = tiny ((N + 40)
-///       sum_f |phi_f(q_i)| + M + 8) in num and in den (the key sums' roundings are multiplied by
-///       the query's features, the feature sum adds M).
+///       merges and corrections of the causal blocks, the weighting), 2 u per exponential of
+///       the stabiliser (its weight and every rescale after it: of a key-block or segment state,
+///       of the causal path's block state at each later chunk of its block and of the prefix at
+///       each later block, the merge of the two and the correction to the query's shift; every
+///       token in the decoder), u (shift_i - ls_j) for the rounding of the exponents' arguments
+///       (the rises of the running maximum add up to at most that): R_ij = (those) u |c|_ij,
+///       with |c|_ij the same sum over |products|;
+///   (c) roundings in the subnormal range, at most tiny / 2 each, absolute: A_i = tiny ((2N +
+///       40) sum_f |phi_f(q_i)| + M + 8) in num and in den (the key sums' roundings are
+///       multiplied by the query's features, the feature sum adds M, and the causal
+///       correction's factor on the query's chunk sums, over at most C <= N keys, adds N).
 /// So |out~_i - out_i| <= (sum_j |c~ - c| |v_j - out_i| + sum_j R_ij (|v_j| + |out_i|)
 /// + A_i (1 + |out_i|)) / (|den_i| - sum_j (|c~ - c| + R_ij) - A_i), plus the final division.
 /// A row is well-conditioned in X when every term is finite, the subtracted perturbation is at
@@ -55,56 +58,50 @@ inline void append_blocks(row_blocks& blocks, index_t begin, index_t end, index_
     blocks.emplace_back(r0, std::min(block, end - r0));
 }
 
-/// The row blockings in which favor_attention maps queries and keys (favor_attention.hpp and
-/// favor_options: segments of a length that depends on N only, B-row blocks from each start;
-/// the causal path's first pass maps the keys of every segment but the last in two halves).
+/// The row blockings in which favor_attention maps queries and keys (favor_attention.hpp,
+/// favor/detail/causal_pass.hpp and favor_options): B-row blocks from 0, except the
+/// bidirectional keys, mapped from the start of each segment (of a length that depends on N
+/// only). The causal path's blocks start from an empty state and take the keys before them
+/// from a prefix over the blocks, so its arithmetic depends on the blocks, not on the waves
+/// they run in.
 struct favor_blockings {
   std::vector<row_blocks> queries, keys;
-  index_t segments = 1;
+  index_t segments = 1;  ///< bidirectional key segments
+  index_t chunks = 0;    ///< causal: chunks per block (C-row chunks of a B-row block)
 };
 
 template <class A>
 favor_blockings blockings_of(const A& a, index_t n, bool causal) {
   const auto& o = a.options();
   favor_blockings b;
+  row_blocks plain;
+  append_blocks(plain, 0, n, o.block);
+  b.queries.push_back(plain);
+  if (causal) {
+    const index_t chunk = std::min(o.chunk, o.block);
+    b.chunks = (o.block + chunk - 1) / chunk;
+    b.keys.push_back(plain);
+    return b;
+  }
   b.segments = std::clamp<index_t>(n / o.min_segment, 1, o.segments);
   const auto start = [&](index_t s) { return n * s / b.segments; };
   row_blocks by_segment;
   for (index_t s = 0; s < b.segments; ++s)
     append_blocks(by_segment, start(s), start(s + 1), o.block);
   b.keys.push_back(by_segment);
-  if (!causal) {
-    row_blocks plain;
-    append_blocks(plain, 0, n, o.block);
-    b.queries.push_back(plain);
-    return b;
-  }
-  b.queries.push_back(by_segment);
-  if (b.segments > 1) {
-    row_blocks halves;
-    for (index_t s = 0; s + 1 < b.segments; ++s) {
-      const index_t middle = start(s) + (start(s + 1) - start(s)) / 2;
-      append_blocks(halves, start(s), middle, o.block);
-      append_blocks(halves, middle, start(s + 1), o.block);
-    }
-    append_blocks(halves, start(b.segments - 1), n, o.block);
-    b.keys.push_back(halves);
-  }
   return b;
 }
 
-/// Exponentials of the stabiliser a batch term passes through: its weight, one rescale per key
-/// block and per causal chunk folded after it, one per segment state merged, the carried
-/// state's factor.
+/// Exponentials of the stabiliser a batch term passes through: its weight; one rescale per
+/// key block folded after it (bidirectional key blocks, or the causal prefix's blocks), per
+/// segment state merged, per later chunk of its causal block; the causal merge and the
+/// correction to the query's shift (or the carried state's factor).
 template <class A>
-double batch_exponentials(const A& a, const favor_blockings& b) {
+double batch_exponentials(const A& /*a*/, const favor_blockings& b) {
   std::size_t blocks = 0;
   for (const auto& k : b.keys) blocks = std::max(blocks, k.size());
-  double chunks = 0;
-  const index_t chunk = std::min(a.options().chunk, a.options().block);
-  for (const auto& [r0, rows] : b.queries.front())
-    chunks += static_cast<double>((rows + chunk - 1) / chunk);
-  return static_cast<double>(blocks) + chunks + static_cast<double>(b.segments) + 4;
+  return static_cast<double>(blocks) + static_cast<double>(b.chunks) +
+         static_cast<double>(b.segments) + 4;
 }
 
 /// phi and log scales of the rows of x as `map` gives them in the given blocks.
@@ -255,7 +252,7 @@ row_expectations favor_expectations(const std::vector<favor_terms>& tx, const fa
     const ld den_x = t0.c.row(i).head(vis).sum();
     ld q_mass = 0;
     for (const favor_terms& t : tx) q_mass = worst(q_mass, t.q_mass(i));
-    const ld absolute = tiny_x * ((n + 40) * q_mass + width + 8);
+    const ld absolute = tiny_x * ((2 * n + 40) * q_mass + width + 8);
     // Hull slack: a ratio of sums of non-negative terms stays in the hull up to the sums'
     // rounding (relative) and the subnormal roundings (absolute, over X's own normaliser).
     const ld slack = 2 * roundings * u * vmax + 2 * absolute * (1 + vmax) / den_x;

@@ -30,7 +30,8 @@ struct rebind_to_double<F<Args...>> {
   using type = F<typename rebind_to_double<Args>::type...>;
 };
 
-/// A favor_attention-like mechanism: the projection and the blocking are public.
+/// A favor_attention-like mechanism: the projection and the blocking are public (the blocks,
+/// causal chunks and bidirectional segments extreme_favor.hpp models).
 template <class A>
 concept favor_like = requires(const A& a) {
   a.projection().matrix();
@@ -39,6 +40,8 @@ concept favor_like = requires(const A& a) {
   a.feature_map();
   a.feature_count();
   a.options().block;
+  a.options().chunk;
+  a.options().segments;
   a.options().min_segment;
 };
 

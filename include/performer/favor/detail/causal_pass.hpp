@@ -1,0 +1,285 @@
+/// @file favor/detail/causal_pass.hpp
+/// @brief favor_attention's causal path: blocks that each start from an empty state, corrected
+/// by the state of the keys before them, run in parallel a wave at a time (docs/algorithms.md
+/// §2.4).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "../../core/attention_mask.hpp"
+#include "../../core/detail/online_softmax.hpp"
+#include "../../core/detail/parallel.hpp"
+#include "../../core/validate.hpp"
+#include "../../core/types.hpp"
+#include "../state.hpp"
+#include "accumulator.hpp"
+
+namespace performer::detail {
+
+/// One block's buffers. num and den hold the sums over the keys of each query's own chunk,
+/// relative to its block-local shift, until the correction adds the earlier keys.
+template <class T, class Acc>
+struct causal_block {
+  row_matrix<T> phi_q;    ///< B x M: the correction multiplies them by the earlier keys' state
+  row_matrix<Acc> num;    ///< B x d_v
+  vector<Acc> den;        ///< B
+  vector<Acc> local_max;  ///< B: the largest key log scale in the block up to each query
+  /// [0]: the block's own keys (from empty), then, in a wave after the prefix, every key before
+  /// the block. [c > 0], in a wave only: the block's keys before its chunk c.
+  std::vector<favor_state<Acc>> states;
+};
+
+/**
+ * @brief The causal pass of favor_attention (Attention) over one call's arguments.
+ *
+ * Blocks of B tokens, chunks of C tokens within a block. Query i of chunk c of block b sees
+ * three groups of keys: its chunk's keys j <= i (a masked C x C product), the block's earlier
+ * chunks (R_c, the block's key state from empty) and the earlier blocks (S_b, a prefix sum of
+ * the blocks' states). One product with the merged state S_b + R_c covers the last two, so
+ * each query meets one carried product as in a plain sequential pass; the cost of the split is
+ * a merge of two M x d_v states per chunk. Every value is computed by the same operations
+ * whatever runs it, so the bits depend on N and the options only:
+ * - one lane (one thread, or blocks too small to share): block after block, chunk after
+ *   chunk (R_c is the running state);
+ * - several: waves of W blocks. (A) in parallel, each block maps its features, sums its
+ *   chunks and folds its keys, copying R_c at every chunk boundary; (B) in block order, the
+ *   prefix gives each block S_b; (C) in parallel, each chunk adds phi(Q_c) (S_b + R_c).
+ */
+template <class Attention>
+struct causal_pass {
+  using T = typename Attention::scalar_type;
+  using Acc = typename Attention::accumulator_type;
+  using map_type = typename Attention::feature_map_type;
+  using state_type = typename Attention::state_type;
+  using lane_type = typename Attention::lane_type;
+  using workspace_type = typename Attention::workspace_type;
+  using block_type = causal_block<T, Acc>;
+
+  static constexpr Acc minus_inf = -std::numeric_limits<Acc>::infinity();
+
+  const Attention& a;
+  const map_type& map;
+  const const_matrix_ref<T>& q;
+  const const_matrix_ref<T>& k;
+  const const_matrix_ref<T>& v;
+  matrix_ref<T>& out;
+  const attention_mask& mask;
+  workspace_type& ws;
+
+  [[nodiscard]] index_t block() const { return a.options_.block; }
+  [[nodiscard]] index_t chunk() const { return std::min(a.options_.chunk, block()); }
+  [[nodiscard]] index_t rows_of(index_t b) const {
+    return std::min(block(), q.rows() - b * block());
+  }
+  [[nodiscard]] index_t seeing() const { return first_seeing_query(mask, q.rows(), k.rows()); }
+
+  void run() const {
+    const index_t blocks = (q.rows() + block() - 1) / block();
+    const index_t width = std::min(a.options_.wave_blocks, blocks);
+    const index_t block_work = block() * a.feature_count() * (q.cols() + v.cols());
+    const index_t lanes = block_work >= a.options_.parallel_block_work ? lanes_for(width) : 1;
+    // states[0]: every key before the current block; states[1]: a spare, swapped with each
+    // block's own state in a wave's prefix so that it needs no third copy.
+    a.prepare(ws, lanes, 2, v.cols(), /*query_features=*/false);
+    prepare_blocks(lanes == 1 ? 1 : width, lanes > 1);
+    ws.states[0].reset(a.feature_count(), v.cols());
+    if (lanes == 1) {
+      in_order(blocks);
+    } else {
+      in_waves(blocks);
+    }
+  }
+
+  void prepare_blocks(index_t count, bool chunk_states) const {
+    const index_t rows = block();
+    const auto states =
+        chunk_states ? static_cast<std::size_t>((rows + chunk() - 1) / chunk()) : std::size_t{1};
+    if (ws.blocks.size() < static_cast<std::size_t>(count)) ws.blocks.resize(count);
+    for (block_type& b : ws.blocks) {
+      b.phi_q.resize(rows, a.feature_count());
+      b.num.resize(rows, v.cols());
+      b.den.resize(rows);
+      b.local_max.resize(rows);
+      if (b.states.size() < states) b.states.resize(states);
+    }
+  }
+
+  /// One lane: R_c and S_b are at hand when chunk c runs, so nothing is copied.
+  void in_order(index_t blocks) const {
+    state_type& earlier = ws.states[0];
+    block_type& blk = ws.blocks[0];
+    lane_type& lane = ws.lanes[0];
+    const index_t first_seeing = seeing();
+    for (index_t b = 0; b < blocks; ++b) {
+      const index_t rows = rows_of(b);
+      map_block(b, blk, lane);
+      for (index_t r0 = 0; r0 < rows; r0 += chunk()) {
+        const index_t chunk_rows = std::min(chunk(), rows - r0);
+        chunk_sums(b * block() + r0, r0, chunk_rows, blk, lane);
+        add_earlier(r0, chunk_rows, earlier, &blk.states[0], blk, lane);
+        fold(b * block() + r0, r0, chunk_rows, blk, lane);
+      }
+      finish(b, blk, first_seeing);
+      if (b + 1 < blocks) earlier.add(blk.states[0]);
+    }
+  }
+
+  void in_waves(index_t blocks) const {
+    const index_t wave = a.options_.wave_blocks;
+    state_type& earlier = ws.states[0];
+    const index_t first_seeing = seeing();
+    for (index_t w0 = 0; w0 < blocks; w0 += wave) {
+      const index_t count = std::min(wave, blocks - w0);
+      parallel_for(count, [&](index_t i, index_t lane) {
+        local_pass(w0 + i, ws.blocks[i], ws.lanes[lane]);
+      });
+      // The prefix, in block order: the same adds as in_order's.
+      for (index_t i = 0; i < count; ++i) {
+        state_type& own = ws.blocks[i].states[0];
+        std::swap(own, ws.states[1]);
+        own = earlier;
+        if (w0 + i + 1 < blocks) earlier.add(ws.states[1]);
+      }
+      parallel_for(count, [&](index_t i, index_t lane) {
+        block_type& blk = ws.blocks[i];
+        const index_t rows = rows_of(w0 + i);
+        for (index_t c = 0, r0 = 0; r0 < rows; ++c, r0 += chunk()) {
+          // R_0 is empty: nothing of the block comes before its first chunk.
+          const state_type* inside = c == 0 ? nullptr : &blk.states[static_cast<std::size_t>(c)];
+          add_earlier(r0, std::min(chunk(), rows - r0), blk.states[0], inside, blk,
+                      ws.lanes[lane]);
+        }
+        finish(w0 + i, blk, first_seeing);
+      });
+    }
+  }
+
+  /// Phase A of a wave: block b's chunk sums and key state, with R_c kept at every boundary.
+  void local_pass(index_t b, block_type& blk, lane_type& lane) const {
+    const index_t rows = rows_of(b);
+    map_block(b, blk, lane);
+    for (index_t c = 0, r0 = 0; r0 < rows; ++c, r0 += chunk()) {
+      if (c > 0) blk.states[static_cast<std::size_t>(c)] = blk.states[0];
+      const index_t chunk_rows = std::min(chunk(), rows - r0);
+      chunk_sums(b * block() + r0, r0, chunk_rows, blk, lane);
+      fold(b * block() + r0, r0, chunk_rows, blk, lane);
+    }
+  }
+
+  /// Block b's features (queries into the block, keys into the lane), its state emptied.
+  void map_block(index_t b, block_type& blk, lane_type& lane) const {
+    const index_t b0 = b * block();
+    const index_t rows = rows_of(b);
+    a.features_of(map, q, b0, rows, blk.phi_q, lane.log_q, nullptr);
+    a.features_of(map, k, b0, rows, lane.phi_k, lane.log_k, &mask);
+    blk.states[0].reset(a.feature_count(), v.cols());
+  }
+
+  /// Tokens [t0, t0 + rows), rows [r0, r0 + rows) of the block: each query's block-local shift
+  /// and its sums over the chunk's keys j <= i (the masked C x C product).
+  void chunk_sums(index_t t0, index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
+    const auto phi_q_rows = blk.phi_q.middleRows(r0, rows);
+    const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
+    const auto v_chunk = v.middleRows(t0, rows);
+    const auto& v_acc = as_accumulator<Acc>(v_chunk, lane.cast_v);
+    const auto log_k = lane.log_k.segment(r0, rows);
+    auto shift = blk.local_max.segment(r0, rows);
+    auto weights = lane.weights.head(rows);
+    auto scores = lane.scores.topLeftCorner(rows, rows);
+
+    // The running maximum over the block's keys j <= i only: never a future key.
+    Acc running = blk.states[0].shift;
+    for (index_t i = 0; i < rows; ++i) {
+      running = std::max(running, static_cast<Acc>(log_k(i)));
+      shift(i) = running;
+    }
+    {
+      const auto phi_k_rows = lane.phi_k.middleRows(r0, rows);
+      const auto& phi_k = as_accumulator<Acc>(phi_k_rows, lane.cast_k);
+      scores.noalias() = phi_q * phi_k.transpose();
+    }
+    // A_ij = phi(q_i).phi(k_j) exp(log_k_j - shift_i), j <= i. exp(log_k_j - shift_i) =
+    // exp(log_k_j - shift_j) when the maximum did not rise between j and i (the common case):
+    // one exponential per key instead of per pair.
+    for (index_t j = 0; j < rows; ++j) {
+      weights(j) = shifted_exp(static_cast<Acc>(log_k(j)), shift(j));
+    }
+    for (index_t i = 0; i < rows; ++i) {
+      for (index_t j = 0; j <= i; ++j) {
+        scores(i, j) *= shift(j) == shift(i)
+                            ? weights(j)
+                            : shifted_exp(static_cast<Acc>(log_k(j)), shift(i));
+      }
+      scores.row(i).tail(rows - i - 1).setZero();
+    }
+    blk.num.middleRows(r0, rows).noalias() = scores * v_acc;
+    blk.den.segment(r0, rows).noalias() = scores.rowwise().sum();
+  }
+
+  /// The chunk's keys join the block's state, at the chunk's last shift.
+  void fold(index_t t0, index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
+    a.accumulate(lane.phi_k.middleRows(r0, rows), lane.log_k.segment(r0, rows),
+                 v.middleRows(t0, rows), blk.states[0], blk.local_max(r0 + rows - 1), lane);
+  }
+
+  /// Adds phi(Q_c) (S_b + R_c) to the chunk's sums: `before` holds S_b, `inside` R_c (none
+  /// for the block's first chunk). An empty state (shift -inf: no key, or only padding) adds
+  /// nothing, and with both empty the chunk's shifts and sums are complete already.
+  void add_earlier(index_t r0, index_t rows, const state_type& before, const state_type* inside,
+                   block_type& blk, lane_type& lane) const {
+    const bool has_before = before.shift != minus_inf;
+    const bool has_inside = inside != nullptr && inside->shift != minus_inf;
+    if (has_before && has_inside) {
+      state_type& merged = lane.merged;
+      merged.shift = std::max(before.shift, inside->shift);
+      const Acc fb = std::exp(before.shift - merged.shift);
+      const Acc fi = std::exp(inside->shift - merged.shift);
+      merged.sum.noalias() = fb * before.sum + fi * inside->sum;
+      merged.norm.noalias() = fb * before.norm + fi * inside->norm;
+      rescale_into(r0, rows, merged, blk, lane);
+    } else if (has_before || has_inside) {
+      rescale_into(r0, rows, has_before ? before : *inside, blk, lane);
+    }
+  }
+
+  /// num_i = num_i e^(local_i - g_i) + phi(q_i) S e^(shift_S - g_i), den likewise, with
+  /// g_i = max(shift_S, local_i), the maximum over keys j <= i as in a sequential pass. Both
+  /// factors are at most 1: neither part can overflow.
+  void rescale_into(index_t r0, index_t rows, const state_type& carried, block_type& blk,
+                    lane_type& lane) const {
+    const auto phi_q_rows = blk.phi_q.middleRows(r0, rows);
+    const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
+    auto num = blk.num.middleRows(r0, rows);
+    auto den = blk.den.segment(r0, rows);
+    auto earlier_num = lane.num.topRows(rows);
+    auto earlier_den = lane.den.head(rows);
+    earlier_num.noalias() = phi_q * carried.sum;
+    earlier_den.noalias() = phi_q * carried.norm;
+    for (index_t i = 0; i < rows; ++i) {
+      const Acc local = blk.local_max(r0 + i);
+      const Acc shift = std::max(carried.shift, local);
+      const Acc own = factor(local, shift);
+      const Acc earlier = factor(carried.shift, shift);
+      num.row(i) = own * num.row(i) + earlier * earlier_num.row(i);
+      den(i) = own * den(i) + earlier * earlier_den(i);
+    }
+  }
+
+  /// shifted_exp(x, shift) without the exponential in the common case x = shift (finite):
+  /// the running maximum is one of the two shifts, and rarely rises.
+  static Acc factor(Acc x, Acc shift) {
+    return x == shift && x != minus_inf ? Acc(1) : shifted_exp(x, shift);
+  }
+
+  void finish(index_t b, block_type& blk, index_t first_seeing) const {
+    const index_t rows = rows_of(b);
+    Attention::normalise(blk.num.topRows(rows), blk.den.head(rows),
+                         out.middleRows(b * block(), rows), b * block(), first_seeing);
+  }
+};
+
+}  // namespace performer::detail
