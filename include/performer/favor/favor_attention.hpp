@@ -147,22 +147,7 @@ class favor_attention {
    */
   void forward(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
                const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
-               workspace_type& ws) const {
-    constexpr const char* who = "favor_attention::forward";
-    check_attention_args<T>(who, q, k, v, out, mask);
-    PERFORMER_PRECONDITION(q.cols() == projection_.dim(), who, ": q is ", detail::shape(q),
-                           " but the projection is for head width ", projection_.dim());
-    if (mask.causal) {
-      detail::causal_pass<favor_attention>{*this, map_, q, k, v, out, mask, ws}.run();
-    } else {
-      bidirectional(map_for(q, k, mask), q, k, v, out, mask, ws);
-    }
-    PERFORMER_PRECONDITION(all_finite(out), who,
-                           ": the result overflowed the scalar type or its normaliser vanished; "
-                           "the inputs are finite, but their logits are too large for it or the "
-                           "features of every key a query sees are 0 or cancel (scale q and k "
-                           "down or use double)");
-  }
+               workspace_type& ws) const;
 
   /**
    * @brief The feature map a forward call with these arguments uses: the stored one, except
@@ -328,5 +313,26 @@ class favor_attention {
 static_assert(attention_mechanism<favor_attention<float>>);
 static_assert(attention_mechanism<favor_attention<double>>);
 static_assert(attention_mechanism<favor_attention<float, positive_features<float>, orthogonal_sampler, double>>);
+
+template <real_scalar T, class FeatureMap, projection_sampler Sampler, real_scalar Acc>
+  requires feature_map<FeatureMap, T>
+void favor_attention<T, FeatureMap, Sampler, Acc>::forward(
+    const const_matrix_ref<T>& q, const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
+    matrix_ref<T> out, const attention_mask& mask, workspace_type& ws) const {
+  constexpr const char* who = "favor_attention::forward";
+  check_attention_args<T>(who, q, k, v, out, mask);
+  PERFORMER_PRECONDITION(q.cols() == projection_.dim(), who, ": q is ", detail::shape(q),
+                         " but the projection is for head width ", projection_.dim());
+  if (mask.causal) {
+    detail::causal_pass<favor_attention>{*this, map_, q, k, v, out, mask, ws}.run();
+  } else {
+    bidirectional(map_for(q, k, mask), q, k, v, out, mask, ws);
+  }
+  PERFORMER_PRECONDITION(all_finite(out), who,
+                         ": the result overflowed the scalar type or its normaliser vanished; "
+                         "the inputs are finite, but their logits are too large for it or the "
+                         "features of every key a query sees are 0 or cancel (scale q and k "
+                         "down or use double)");
+}
 
 }  // namespace performer
