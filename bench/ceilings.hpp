@@ -168,8 +168,9 @@ auto ceiling_for(const tiled_softmax_attention<Scalar>& a, std::shared_ptr<const
 /// FAVOR's products on favor_attention's blocks, segments and causal chunks: the projection
 /// X W^T (m columns, into the first m of M feature columns; none for maps without a
 /// projection, such as elu + 1, whose M = d), S += phi(K)^T V, and phi(Q) S; causal adds per
-/// chunk of C rows phi(Q_c) phi(K_c)^T and its product with V_c. The normalisers
-/// (matrix-vector) and the feature maps' exps are the kernel's extra work.
+/// chunk of C rows phi(Q_c) phi(K_c)^T and its product with V_c. Causal blocks are independent
+/// here: the kernel's prefix over the blocks' states and its merges (M d_v additions per chunk),
+/// the normalisers (matrix-vector) and the feature maps' exps are the kernel's extra work.
 struct favor_products {
   std::shared_ptr<const head_buffers> b;
   row_matrix<T> w;       // m x d projection; empty when the map does not project
@@ -191,14 +192,16 @@ struct favor_products {
     const index_t n = b->q.rows();
     const index_t blocks = (n + options.block - 1) / options.block;
     const index_t s = segments(n);
-    lanes.resize(static_cast<std::size_t>(
-        std::max({detail::lanes_for(2 * s), detail::lanes_for(blocks), index_t{1}})));
+    const index_t lane_count =
+        std::max({detail::lanes_for(s), detail::lanes_for(blocks), index_t{1}});
+    lanes.resize(static_cast<std::size_t>(lane_count));
     const index_t c = std::min(options.block, options.chunk);
     for (auto& l : lanes) {
       l = {scratch(options.block, features), scratch(options.block, features),
            scratch(options.block, b->v.cols()), scratch(c, c)};
     }
-    states.assign(static_cast<std::size_t>(3 * s), scratch(features, b->v.cols()));
+    states.assign(static_cast<std::size_t>(std::max(s, lane_count)),
+                  scratch(features, b->v.cols()));
   }
 
   void project(product_walk& p, const row_matrix<T>& x, index_t r0, index_t rows,
@@ -222,13 +225,13 @@ struct favor_products {
 
   void walk(product_walk& p) {
     const index_t n = b->q.rows();
-    const index_t s = segments(n);
     const index_t dv = b->v.cols();
+    const index_t blocks = (n + options.block - 1) / options.block;
     if (!causal) {
+      const index_t s = segments(n);
       p.for_items(s, true, [&](index_t i, index_t ln) {
         key_state(p, segment_start(n, s, i), segment_start(n, s, i + 1), states[i], lanes[ln]);
       });
-      const index_t blocks = (n + options.block - 1) / options.block;
       p.for_items(blocks, true, [&](index_t blk, index_t ln) {
         lane& l = lanes[ln];
         const index_t q0 = blk * options.block;
@@ -239,39 +242,30 @@ struct favor_products {
       });
       return;
     }
-    // Causal: the halves of every segment but the last give the segments' starting states,
-    // then each segment runs its chunked pass.
-    p.for_items(2 * (s - 1), true, [&](index_t piece, index_t ln) {
-      const index_t begin = segment_start(n, s, piece / 2);
-      const index_t end = segment_start(n, s, piece / 2 + 1);
-      const index_t middle = begin + (end - begin) / 2;
-      key_state(p, piece % 2 == 0 ? begin : middle, piece % 2 == 0 ? middle : end,
-                states[s + piece], lanes[ln]);
-    });
-    p.for_items(s, true, [&](index_t i, index_t ln) {
+    // Causal: every block maps its queries and keys once; per chunk the masked product, its
+    // product with V, the carried product and the fold.
+    p.for_items(blocks, true, [&](index_t blk, index_t ln) {
       lane& l = lanes[ln];
-      row_matrix<T>& st = states[i];
+      row_matrix<T>& st = states[ln];
       if (p.computing()) st.setZero();
-      const index_t end = segment_start(n, s, i + 1);
-      for (index_t b0 = segment_start(n, s, i); b0 < end; b0 += options.block) {
-        const index_t block_rows = std::min(options.block, end - b0);
-        project(p, b->q, b0, block_rows, l.phi_q);
-        project(p, b->k, b0, block_rows, l.phi_k);
-        for (index_t c = 0; c < block_rows; c += options.chunk) {
-          const index_t rows = std::min(options.chunk, block_rows - c);
-          const auto v = b->v.middleRows(b0 + c, rows);
-          p.product(rows, features, dv,
-                    [&] { l.num.topRows(rows).noalias() = l.phi_q.middleRows(c, rows) * st; });
-          p.product(rows, features, rows, [&] {
-            l.scores.topLeftCorner(rows, rows).noalias() =
-                l.phi_q.middleRows(c, rows) * l.phi_k.middleRows(c, rows).transpose();
-          });
-          p.product(rows, rows, dv, [&] {
-            l.num.topRows(rows).noalias() += l.scores.topLeftCorner(rows, rows) * v;
-          });
-          p.product(features, rows, dv,
-                    [&] { st.noalias() += l.phi_k.middleRows(c, rows).transpose() * v; });
-        }
+      const index_t b0 = blk * options.block;
+      const index_t block_rows = std::min(options.block, n - b0);
+      project(p, b->q, b0, block_rows, l.phi_q);
+      project(p, b->k, b0, block_rows, l.phi_k);
+      for (index_t c = 0; c < block_rows; c += options.chunk) {
+        const index_t rows = std::min(options.chunk, block_rows - c);
+        const auto v = b->v.middleRows(b0 + c, rows);
+        p.product(rows, features, dv,
+                  [&] { l.num.topRows(rows).noalias() = l.phi_q.middleRows(c, rows) * st; });
+        p.product(rows, features, rows, [&] {
+          l.scores.topLeftCorner(rows, rows).noalias() =
+              l.phi_q.middleRows(c, rows) * l.phi_k.middleRows(c, rows).transpose();
+        });
+        p.product(rows, rows, dv, [&] {
+          l.num.topRows(rows).noalias() += l.scores.topLeftCorner(rows, rows) * v;
+        });
+        p.product(features, rows, dv,
+                  [&] { st.noalias() += l.phi_k.middleRows(c, rows).transpose() * v; });
       }
     });
   }
