@@ -67,16 +67,23 @@ struct gradients {
   row_matrix<double> dq, dk, dv;
 };
 
+/// The backward from the gradient's own forward (its saved key states), or, with
+/// from_forward false, from favor_attention::forward's output and no saved states.
 template <class A>
 gradients backward(const A& a, const row_matrix<double>& q, const row_matrix<double>& k,
                    const row_matrix<double>& v, const row_matrix<double>& dout,
-                   const attention_mask& mask) {
+                   const attention_mask& mask, bool from_forward = true) {
   using grad = attention_gradient<A>;
-  const row_matrix<double> out = run(a, q, k, v, mask);
+  row_matrix<double> out = run(a, q, k, v, mask);
+  typename grad::saved_type saved;
+  if (from_forward) {
+    typename A::workspace_type fws;
+    grad::forward(a, q, k, v, out, mask, fws, saved);
+  }
   gradients g{row_matrix<double>(q.rows(), q.cols()), row_matrix<double>(k.rows(), k.cols()),
               row_matrix<double>(v.rows(), v.cols())};
   typename grad::workspace_type ws;
-  grad::backward(a, q, k, v, out, dout, g.dq, g.dk, g.dv, mask, ws, {});
+  grad::backward(a, q, k, v, out, dout, g.dq, g.dk, g.dv, mask, ws, saved);
   return g;
 }
 
@@ -97,14 +104,17 @@ void check_against_differences(const A& a, double sigma) {
         return run(a, qq, kk, vv, mask);
       };
       const auto want = finite_differences(f, q, k, v, dout);
-      const auto got = backward(a, q, k, v, dout, mask);
-      SCOPED_TRACE(testing::Message() << "causal " << causal << ", padded " << padded);
-      EXPECT_LT(relative_error(got.dq, want.dq), fd_tolerance);
-      EXPECT_LT(relative_error(got.dk, want.dk), fd_tolerance);
-      EXPECT_LT(relative_error(got.dv, want.dv), fd_tolerance);
-      if (padded) {  // no gradient reaches a padded key
-        EXPECT_EQ(got.dk.row(7).cwiseAbs().maxCoeff(), 0.0);
-        EXPECT_EQ(got.dv.row(0).cwiseAbs().maxCoeff(), 0.0);
+      for (const bool from_forward : {true, false}) {
+        const auto got = backward(a, q, k, v, dout, mask, from_forward);
+        SCOPED_TRACE(testing::Message() << "causal " << causal << ", padded " << padded
+                                        << ", saved states " << from_forward);
+        EXPECT_LT(relative_error(got.dq, want.dq), fd_tolerance);
+        EXPECT_LT(relative_error(got.dk, want.dk), fd_tolerance);
+        EXPECT_LT(relative_error(got.dv, want.dv), fd_tolerance);
+        if (padded) {  // no gradient reaches a padded key
+          EXPECT_EQ(got.dk.row(7).cwiseAbs().maxCoeff(), 0.0);
+          EXPECT_EQ(got.dv.row(0).cwiseAbs().maxCoeff(), 0.0);
+        }
       }
     }
   }
@@ -194,6 +204,12 @@ TEST(FavorGradient, CausalStabiliserOverManyChunksMatchesSampledDifferences) {
   EXPECT_LT(sample(got.dq, 0), fd_tolerance);
   EXPECT_LT(sample(got.dk, 1), fd_tolerance);
   EXPECT_LT(sample(got.dv, 2), fd_tolerance);
+  // Five stretches of 64 tokens: the forward's key states before each, or the backward's own
+  // (summed in another order), give the same gradients but for rounding.
+  const auto own = backward(a, q, k, v, dout, mask, false);
+  EXPECT_LT(relative_error(own.dq, got.dq), 1e-13);
+  EXPECT_LT(relative_error(own.dk, got.dk), 1e-13);
+  EXPECT_LT(relative_error(own.dv, got.dv), 1e-13);
 }
 
 /// Each map's backward against differences of L = sum(G .* phi exp(log_scale)).
@@ -292,7 +308,11 @@ TEST(FavorGradient, ThreadCountDoesNotChangeBits) {
 #ifndef _OPENMP
   GTEST_SKIP() << "built without OpenMP: there is only one thread count to compare";
 #else
-  const favor_attention<double> a(8, 32, 3);
+  // The forward that fills saved runs in parallel: two bidirectional segments, causal waves of
+  // 3 blocks of 16 whose kept states (every other block: P = 32 tokens) fall inside waves.
+  const favor_attention<double> a(8, 32, 3, {}, {},
+                                  {.block = 16, .chunk = 4, .segments = 2, .min_segment = 32,
+                                   .wave_blocks = 3, .parallel_block_work = 1});
   const row_matrix<double> q = gaussian_matrix(200, 8, 41), k = gaussian_matrix(200, 8, 42);
   const row_matrix<double> v = gaussian_matrix(200, 8, 43), dout = gaussian_matrix(200, 8, 44);
   const int threads = omp_get_max_threads();
@@ -307,8 +327,10 @@ TEST(FavorGradient, ThreadCountDoesNotChangeBits) {
 #endif
 }
 
-/// The causal backward at N = 65,536, d = 64, m = 256 in float keeps g, h and the shifts
-/// (N (d_v + 2) floats) and blocks of features, never an N x M buffer (64 MiB here).
+/// The causal training pass at N = 65,536, d = 64, m = 256 in float: the forward keeps the key
+/// states before every stretch of P = 256 tokens (N / P states of M (d_v + 1) floats: as much
+/// as N (d_v + 1)), the backward works on one stretch at a time, and neither ever holds an
+/// N x M buffer (64 MiB here).
 TEST(FavorGradient, CausalBackwardMemoryIsLinearWithoutFeatureRows) {
   if (!counting::available) GTEST_SKIP() << "no counting allocator in this build";
   constexpr index_t n = 65536, d = 64, m = 256;
@@ -319,23 +341,40 @@ TEST(FavorGradient, CausalBackwardMemoryIsLinearWithoutFeatureRows) {
   const row_matrix<float> dout = gaussian_matrix(n, d, 54).cast<float>();
   row_matrix<float> out(n, d), dq(n, d), dk(n, d), dv(n, d);
   favor_attention<float>::workspace_type fws;
-  a.forward(q, k, v, out, {.causal = true}, fws);
+  a.forward(q, k, v, out, {.causal = true}, fws);  // the forward's own workspace, once
   using grad = attention_gradient<favor_attention<float>>;
-  const counting::heap_usage u = counting::measure_heap([&] {
-    grad::workspace_type ws;
-    grad::backward(a, q, k, v, out, dout, dq, dk, dv, {.causal = true}, ws, {});
-  });
-  EXPECT_TRUE(dq.allFinite() && dk.allFinite() && dv.allFinite());
+  grad::saved_type saved;
+  const counting::heap_usage kept = counting::measure_heap(
+      [&] { grad::forward(a, q, k, v, out, {.causal = true}, fws, saved); });
   const long long b = a.options().block, c = a.options().backward_chunk;
-  const long long per_token = n * (d + 2) * 4LL;
-  const long long blocks = (3 * b * m + 2 * c * c + 2 * m * (d + 1) + 6 * b) * 4LL;
-  const long long eigen = 2LL << 20;  // Eigen's packing buffers
-  std::printf("[memory] causal FAVOR+ backward, N = %lld: peak %.2f MiB, bound %.2f MiB, "
-              "an N x M buffer %.0f MiB\n",
-              static_cast<long long>(n), u.peak / 1048576.0,
-              (per_token + blocks + eigen) / 1048576.0, n * m * 4.0 / 1048576.0);
-  EXPECT_LE(u.peak, per_token + blocks + eigen);
-  EXPECT_LT(per_token + blocks + eigen, n * m * 4LL / 2);  // the bound excludes N x M
+  const long long p = b * ((m + b - 1) / b);  // a stretch: here one block of 256
+  const long long state = m * (d + 1) * 4LL;
+  const long long states = (n / p) * (state + 256);  // 256: a state's bookkeeping and headers
+  EXPECT_LE(kept.retained, states);
+  EXPECT_GE(kept.retained, (n / p) * state);  // they are kept, not recomputed
+  for (const bool from_forward : {true, false}) {
+    const grad::saved_type none;
+    const counting::heap_usage u = counting::measure_heap([&] {
+      grad::workspace_type ws;
+      grad::backward(a, q, k, v, out, dout, dq, dk, dv, {.causal = true}, ws,
+                     from_forward ? saved : none);
+    });
+    EXPECT_TRUE(dq.allFinite() && dk.allFinite() && dv.allFinite());
+    // Features and their gradients (3 P M), g (P d_v), a chunk's weighted key features (C M)
+    // and two C x C products, the carried and adjoint states, ten vectors of P; without the
+    // forward's states, those too.
+    const long long stretch =
+        (3 * p * m + p * d + c * m + 2 * c * c + 2 * m * (d + 1) + 10 * p) * 4LL;
+    const long long eigen = 2LL << 20;  // Eigen's packing buffers
+    const long long bound = stretch + eigen + (from_forward ? 0 : states);
+    std::printf("[memory] causal FAVOR+ backward, N = %lld, %s: peak %.2f MiB, bound %.2f MiB "
+                "(the forward kept %.2f MiB), an N x M buffer %.0f MiB\n",
+                static_cast<long long>(n), from_forward ? "from the forward's states" : "alone",
+                u.peak / 1048576.0, bound / 1048576.0, kept.retained / 1048576.0,
+                n * m * 4.0 / 1048576.0);
+    EXPECT_LE(u.peak, bound) << from_forward;
+    EXPECT_LT(bound + (from_forward ? states : 0), n * m * 4LL / 2);  // never N x M
+  }
 }
 
 TEST(FavorGradient, BadArgumentsThrow) {
@@ -357,6 +396,21 @@ TEST(FavorGradient, BadArgumentsThrow) {
                            grad::backward(a, qcopy, q, v, out, dout, qcopy, dk, dv, {}, ws, {}));
   PERFORMER_EXPECT_INVALID(who, "dq, dk and dv overlap",
                            grad::backward(a, q, q, v, out, dout, dq, dq, dv, {}, ws, {}));
+  // saved from another forward: other keys, or the other masking.
+  using saved_type = grad::saved_type;
+  std::remove_const_t<decltype(a)>::workspace_type fws;
+  saved_type bidirectional;
+  row_matrix<double> out2 = out;
+  grad::forward(a, q, q, v, out2, {}, fws, bidirectional);
+  PERFORMER_EXPECT_INVALID(who, "saved does not come from a forward with these arguments",
+                           grad::backward(a, q, q, v, out, dout, dq, dk, dv, {.causal = true},
+                                          ws, bidirectional));
+  const row_matrix<double> q7 = gaussian_matrix(7, 4, 1), v7 = gaussian_matrix(7, 3, 2);
+  row_matrix<double> out7(7, 3);
+  saved_type longer;
+  grad::forward(a, q7, q7, v7, out7, {}, fws, longer);
+  PERFORMER_EXPECT_INVALID(who, "saved does not come from a forward with these arguments",
+                           grad::backward(a, q, q, v, out, dout, dq, dk, dv, {}, ws, longer));
   dout(2, 1) = std::nan("");
   PERFORMER_EXPECT_INVALID(who, "dout (6x3) contains a NaN",
                            grad::backward(a, q, q, v, out, dout, dq, dk, dv, {}, ws, {}));

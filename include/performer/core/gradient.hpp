@@ -20,7 +20,7 @@ namespace performer {
  *
  * A specialisation provides:
  * - `saved_type`: what the forward keeps for the backward, default-constructible (each query's
- *   log-normaliser for the tiled exact path, the buckets for LSH, nothing for FAVOR+, whose
+ *   log-normaliser for the tiled exact path, the buckets for LSH, key states for FAVOR+, whose
  *   backward recomputes its features; the materialized exact path keeps P, N_q x N_k, as a
  *   framework keeps softmax's output);
  * - `workspace_type`: the backward's scratch, default-constructible and reusable;

@@ -147,7 +147,9 @@ class favor_attention {
    */
   void forward(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
                const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
-               workspace_type& ws) const;
+               workspace_type& ws) const {
+    run(q, k, v, out, mask, ws, nullptr, 1);
+  }
 
   /**
    * @brief The feature map a forward call with these arguments uses: the stored one, except
@@ -177,6 +179,13 @@ class favor_attention {
   friend struct detail::causal_pass<favor_attention>;
 
   static constexpr Acc minus_inf = -std::numeric_limits<Acc>::infinity();
+
+  /// forward, keeping key states for the backward in `kept` when it is not null (favor/
+  /// favor_gradient.hpp): bidirectional, the state of every key; causal, the state of the
+  /// keys before every `stride`-th block (ceil(blocks / stride) states).
+  void run(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
+           const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
+           workspace_type& ws, std::vector<state_type>* kept, index_t stride) const;
 
   /// Segments the bidirectional path splits n keys into (a function of n and the options only).
   [[nodiscard]] index_t segments_for(index_t n) const {
@@ -277,7 +286,8 @@ class favor_attention {
 
   void bidirectional(const FeatureMap& map, const const_matrix_ref<T>& q,
                      const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
-                     matrix_ref<T> out, const attention_mask& mask, workspace_type& ws) const {
+                     matrix_ref<T> out, const attention_mask& mask, workspace_type& ws,
+                     std::vector<state_type>* kept) const {
     const index_t segments = segments_for(k.rows());
     const index_t query_blocks = (q.rows() + options_.block - 1) / options_.block;
     prepare(ws, std::max(detail::lanes_for(segments), detail::lanes_for(query_blocks)), segments,
@@ -288,6 +298,7 @@ class favor_attention {
     });
     state_type& total = ws.states[0];
     for (index_t s = 1; s < segments; ++s) total.add(ws.states[s]);
+    if (kept != nullptr) kept->assign(1, total);
     const index_t seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
 
     detail::parallel_for(query_blocks, [&](index_t b, index_t lane_index) {
@@ -316,17 +327,18 @@ static_assert(attention_mechanism<favor_attention<float, positive_features<float
 
 template <real_scalar T, class FeatureMap, projection_sampler Sampler, real_scalar Acc>
   requires feature_map<FeatureMap, T>
-void favor_attention<T, FeatureMap, Sampler, Acc>::forward(
+void favor_attention<T, FeatureMap, Sampler, Acc>::run(
     const const_matrix_ref<T>& q, const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
-    matrix_ref<T> out, const attention_mask& mask, workspace_type& ws) const {
+    matrix_ref<T> out, const attention_mask& mask, workspace_type& ws,
+    std::vector<state_type>* kept, index_t stride) const {
   constexpr const char* who = "favor_attention::forward";
   check_attention_args<T>(who, q, k, v, out, mask);
   PERFORMER_PRECONDITION(q.cols() == projection_.dim(), who, ": q is ", detail::shape(q),
                          " but the projection is for head width ", projection_.dim());
   if (mask.causal) {
-    detail::causal_pass<favor_attention>{*this, map_, q, k, v, out, mask, ws}.run();
+    detail::causal_pass<favor_attention>{*this, map_, q, k, v, out, mask, ws, kept, stride}.run();
   } else {
-    bidirectional(map_for(q, k, mask), q, k, v, out, mask, ws);
+    bidirectional(map_for(q, k, mask), q, k, v, out, mask, ws, kept);
   }
   PERFORMER_PRECONDITION(all_finite(out), who,
                          ": the result overflowed the scalar type or its normaliser vanished; "

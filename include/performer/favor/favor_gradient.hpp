@@ -24,17 +24,24 @@ namespace performer {
  * G = sum_i Q'_i g_i^T, H = sum_i Q'_i h_i over the queries that see key j; the feature map's
  * backward takes dQ' and dK' (and the log scales' share) to dq and dk.
  *
- * - Bidirectional: three sweeps over blocks of B rows (keys: S and z; queries: dq, G and H;
- *   keys: dk and dv). Workspace O(B M + M d_v), independent of N.
- * - Causal: a forward sweep computes each query's g, h and shift (the stabiliser's running
- *   maximum, a constant of the forward) and dq; a reverse sweep carries G and H as a suffix
- *   state, rescaled like the forward's prefix state, and gives dk and dv. No per-token prefix
- *   state is stored: the extra memory is O(N (d_v + 2) + B M + C^2 + M d_v).
+ * The forward (this struct's, not favor_attention's own) keeps key states in saved_type, so
+ * that the backward need not map every key once more to rebuild them:
+ * - Bidirectional: with S and z from the forward, two sweeps over blocks of B rows (queries:
+ *   dq, G and H; keys: dk and dv). Workspace O(B M + M d_v), independent of N.
+ * - Causal: stretches of P = B ceil(M / B) tokens, from the last. Each starts from the
+ *   forward's state of the keys before it, maps its queries and keys once, and runs forward
+ *   through its chunks (each query's g, h and shift: the stabiliser's running maximum, a
+ *   constant of the forward; then dq), then back through them, carrying G and H as a suffix
+ *   state rescaled like the forward's prefix state (dk and dv). No per-token prefix state is
+ *   stored: the forward keeps ceil(N / P) states, O(N (d_v + 1) / P M) <= O(N (d_v + 1)) since
+ *   P >= M, and the backward's workspace is O(P (M + d_v) + C^2 + M d_v), independent of N.
+ * - With a default saved_type the backward first computes those key states itself (one more
+ *   pass over the keys), for a caller that ran favor_attention::forward instead.
  * - Every sweep runs on one thread in a fixed order (parallelism belongs to the batch and
  *   heads above it), so the result does not depend on the thread count.
  *
- * Time O(N m d + N M d_v), plus O(N C (M + d_v)) causal: about 2.5 forwards bidirectional and
- * 3 causal (each feature map runs twice more, and its backward once per input).
+ * Time O(N m d + N M d_v), plus O(N C (M + d_v)) causal: about 2 forwards (each feature map
+ * runs once more, and its backward once per input).
  * FAVOR++'s A is held fixed at the value the forward fitted (favor_attention::map_for).
  */
 template <real_scalar T, class FeatureMap, projection_sampler Sampler>
@@ -42,30 +49,41 @@ template <real_scalar T, class FeatureMap, projection_sampler Sampler>
 struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
   using attention_type = favor_attention<T, FeatureMap, Sampler, T>;
 
-  /// The backward recomputes the features: the forward keeps nothing.
-  struct saved_type {};
+  /// The forward's key states (see above): one bidirectional, ceil(N / P) causal. The
+  /// backward recomputes the features either way.
+  struct saved_type {
+    std::vector<favor_state<T>> states;
+    index_t keys = -1;  ///< N_k of the forward that filled it; -1: none (or it threw)
+    bool causal = false;
+  };
 
-  /// Scratch: B (or C) rows of features and their gradients; the causal path adds g, h and
-  /// the shift of every token (O(N d_v)).
+  /// Scratch: P (or B, or C) rows of features, their gradients and their queries' g, h and
+  /// shifts; the key states when the backward computes them itself.
   struct workspace_type {
     typename attention_type::lane_type lane;  ///< the forward's feature and weight buffers
     row_matrix<T> dphi, g, scores, mix;
+    row_matrix<T> folded;  ///< causal: a chunk's key features, weighted by the fold
     vector<T> dlog, den, h, factor, shift;
     favor_state<T> state, adjoint;
+    std::vector<favor_state<T>> starts;  ///< causal, without a forward's saved states
   };
 
-  /// favor_attention::forward; nothing is saved.
+  /// favor_attention::forward, keeping the key states in `saved`.
   static void forward(const attention_type& a, const const_matrix_ref<T>& q,
                       const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
                       matrix_ref<T> out, const attention_mask& mask,
-                      typename attention_type::workspace_type& ws, saved_type& /*saved*/) {
-    a.forward(q, k, v, out, mask, ws);
+                      typename attention_type::workspace_type& ws, saved_type& saved) {
+    saved.keys = -1;
+    a.run(q, k, v, out, mask, ws, &saved.states, stretch_blocks(a));
+    saved.keys = k.rows();
+    saved.causal = mask.causal;
   }
 
   /**
    * @brief dq, dk, dv of sum(dout .* out), out = a's forward on (q, k, v, mask).
    * @throws performer::invalid_argument as check_backward_args, on a head width other than the
-   * projection's, or if a gradient is not finite.
+   * projection's, if saved is neither default-constructed nor from a forward with these
+   * arguments' shapes and masking, or if a gradient is not finite.
    */
   static void backward(const attention_type& a, const const_matrix_ref<T>& q,
                        const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
@@ -75,6 +93,12 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
 
  private:
   static constexpr T minus_inf = -std::numeric_limits<T>::infinity();
+
+  /// Blocks per causal stretch: P = B ceil(M / B) >= M tokens, so that ceil(N / P) kept states
+  /// of M (d_v + 1) values never outgrow N (d_v + 1).
+  static index_t stretch_blocks(const attention_type& a) {
+    return (a.feature_count() + a.options().block - 1) / a.options().block;
+  }
 
   /// One backward call's arguments and the steps over them.
   struct sweep {
@@ -90,8 +114,10 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
     matrix_ref<T>& dv;
     const attention_mask& mask;
     workspace_type& ws;
+    const saved_type& saved;
 
     [[nodiscard]] index_t block() const { return a.options().block; }
+    [[nodiscard]] index_t stretch() const { return block() * stretch_blocks(a); }
     [[nodiscard]] index_t chunk() const { return std::min(a.options().backward_chunk, block()); }
     [[nodiscard]] index_t rows_at(index_t r0, index_t n) const {
       return std::min(block(), n - r0);
@@ -99,7 +125,7 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
 
     void prepare() const {
       const index_t m = a.feature_count();
-      const index_t rows = block();
+      const index_t rows = mask.causal ? stretch() : block();
       for (auto* phi : {&ws.lane.phi_q, &ws.lane.phi_k, &ws.dphi}) phi->resize(rows, m);
       for (auto* vec : {&ws.lane.log_q, &ws.lane.log_k, &ws.dlog, &ws.den, &ws.factor,
                         &ws.lane.weights}) {
@@ -107,16 +133,12 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       }
       ws.scores.resize(chunk(), chunk());
       ws.mix.resize(chunk(), chunk());
+      ws.folded.resize(chunk(), m);
       ws.state.reset(m, v.cols());
       ws.adjoint.reset(m, v.cols());
-      if (mask.causal) {  // g, h and the shift of every token, kept for the reverse sweep
-        ws.g.resize(q.rows(), v.cols());
-        ws.h.resize(q.rows());
-        ws.shift.resize(q.rows());
-      } else {
-        ws.g.resize(rows, v.cols());
-        ws.h.resize(rows);
-      }
+      ws.g.resize(rows, v.cols());
+      ws.h.resize(rows);
+      ws.shift.resize(rows);
     }
 
     /// The forward's features of rows [r0, r0 + rows) of x; padded keys get log scale -inf.
@@ -150,8 +172,14 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
                    ws.lane.log_k.head(rows), dphi, dlog, dk.middleRows(r0, rows));
     }
 
-    /// Pass 1 (bidirectional): S, z of every key, as the forward computes them.
-    void key_state() const { a.key_state(map, k, v, mask, 0, k.rows(), ws.state, ws.lane); }
+    /// S, z of every key (bidirectional): the forward's, or computed as it computes them.
+    void key_state() const {
+      if (saved.keys >= 0) {
+        ws.state = saved.states[0];
+      } else {
+        a.key_state(map, k, v, mask, 0, k.rows(), ws.state, ws.lane);
+      }
+    }
 
     /// Pass 2 (bidirectional): dq, and the adjoint state G, H of every query.
     void query_sweep() const {
@@ -205,30 +233,59 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       }
     }
 
-    /// Forward sweep (causal): each query's shift, den, g, h, and dq, carrying S, z.
-    void causal_forward() const {
-      favor_state<T>& st = ws.state;
-      for (index_t b0 = 0; b0 < q.rows(); b0 += block()) {
-        const index_t block_rows = rows_at(b0, q.rows());
-        features(q, b0, block_rows, ws.lane.phi_q, ws.lane.log_q, false);
-        features(k, b0, block_rows, ws.lane.phi_k, ws.lane.log_k, true);
-        for (index_t c = 0; c < block_rows; c += chunk()) {
-          forward_chunk(b0 + c, c, std::min(chunk(), block_rows - c), st);
-        }
-        ws.dlog.head(block_rows).setZero();
-        map.backward(a.projection().matrix(), q.middleRows(b0, block_rows),
-                     ws.lane.phi_q.topRows(block_rows), ws.lane.log_q.head(block_rows),
-                     ws.dphi.topRows(block_rows), ws.dlog.head(block_rows),
-                     dq.middleRows(b0, block_rows));
+    /// The causal backward: stretches from the last, each from the keys before it.
+    void causal() const {
+      const std::vector<favor_state<T>>& starts = saved.keys >= 0 ? saved.states : key_states();
+      const index_t n = q.rows(), p = stretch();
+      for (index_t s0 = (n - 1) / p * p; s0 >= 0; s0 -= p) {
+        causal_stretch(s0, std::min(p, n - s0), starts[static_cast<std::size_t>(s0 / p)]);
       }
     }
 
-    /// Tokens [t0, t0 + rows), rows [r0, r0 + rows) of the block's buffers.
+    /// Without a forward's states: the state of the keys before each stretch.
+    const std::vector<favor_state<T>>& key_states() const {
+      const index_t n = k.rows(), p = stretch();
+      ws.starts.resize(static_cast<std::size_t>((n + p - 1) / p));
+      favor_state<T>& st = ws.state;
+      st.reset(a.feature_count(), v.cols());
+      for (index_t s0 = 0; s0 < n; s0 += p) {
+        ws.starts[static_cast<std::size_t>(s0 / p)] = st;
+        for (index_t k0 = s0; k0 < std::min(n, s0 + p); k0 += block()) {
+          const index_t rows = std::min(block(), n - k0);
+          features(k, k0, rows, ws.lane.phi_k, ws.lane.log_k, true);
+          a.accumulate(ws.lane.phi_k.topRows(rows), ws.lane.log_k, v.middleRows(k0, rows), st,
+                       ws.lane.log_k.head(rows).maxCoeff(), ws.lane);
+        }
+      }
+      return ws.starts;
+    }
+
+    /// Tokens [s0, s0 + rows): forward through the chunks from `start` (each query's shift,
+    /// g, h and dq), then back through them (dk and dv), the features mapped once for both.
+    void causal_stretch(index_t s0, index_t rows, const favor_state<T>& start) const {
+      favor_state<T>& st = ws.state;
+      st = start;
+      features(q, s0, rows, ws.lane.phi_q, ws.lane.log_q, false);
+      features(k, s0, rows, ws.lane.phi_k, ws.lane.log_k, true);
+      for (index_t c = 0; c < rows; c += chunk()) {
+        forward_chunk(s0 + c, c, std::min(chunk(), rows - c), st);
+      }
+      ws.dlog.head(rows).setZero();
+      map.backward(a.projection().matrix(), q.middleRows(s0, rows), ws.lane.phi_q.topRows(rows),
+                   ws.lane.log_q.head(rows), ws.dphi.topRows(rows), ws.dlog.head(rows),
+                   dq.middleRows(s0, rows));
+      for (index_t c = (rows - 1) / chunk() * chunk(); c >= 0; c -= chunk()) {
+        reverse_chunk(s0 + c, c, std::min(chunk(), rows - c));
+      }
+      key_backward(s0, rows);
+    }
+
+    /// Tokens [t0, t0 + rows), rows [r0, r0 + rows) of the stretch's buffers.
     void forward_chunk(index_t t0, index_t r0, index_t rows, favor_state<T>& st) const {
       const auto phi_q = ws.lane.phi_q.middleRows(r0, rows);
       const auto log_k = ws.lane.log_k.segment(r0, rows);
       const auto v_c = v.middleRows(t0, rows);
-      auto shift = ws.shift.segment(t0, rows);
+      auto shift = ws.shift.segment(r0, rows);
       auto factor = ws.factor.head(rows);
       T running = st.shift;
       for (index_t i = 0; i < rows; ++i) {
@@ -244,8 +301,8 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       auto den = ws.den.head(rows);
       den.noalias() = phi_q * st.norm;
       den = factor.cwiseProduct(den) + p.rowwise().sum();
-      auto g = ws.g.middleRows(t0, rows);
-      auto h = ws.h.segment(t0, rows);
+      auto g = ws.g.middleRows(r0, rows);
+      auto h = ws.h.segment(r0, rows);
       adjoints(t0, rows, ws.den, g, h);
       // dQ'_i = factor_i (g_i S^T + h_i z^T) + sum_{j <= i} A_ij (g_i . v_j + h_i) K'_j.
       auto dphi = ws.dphi.middleRows(r0, rows);
@@ -258,34 +315,24 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       e.array() *= weights.array();
       dphi.noalias() += e * ws.lane.phi_k.middleRows(r0, rows);
       // The chunk's keys join the carried state at the chunk's last shift, as in the forward.
-      a.accumulate(ws.lane.phi_k.middleRows(r0, rows), log_k, v_c, st, shift(rows - 1), ws.lane);
+      // accumulate weights the features it folds in place: the reverse sweep needs them as
+      // they are, so it folds a copy.
+      auto folded = ws.folded.topRows(rows);
+      folded = ws.lane.phi_k.middleRows(r0, rows);
+      a.accumulate(folded, log_k, v_c, st, shift(rows - 1), ws.lane);
     }
 
-    /// Reverse sweep (causal): dk and dv, carrying the adjoint suffix state G, H.
-    void causal_reverse() const {
-      const index_t n = q.rows();
-      const index_t last = (n - 1) / block() * block();
-      for (index_t b0 = last; b0 >= 0; b0 -= block()) {
-        const index_t block_rows = rows_at(b0, n);
-        features(q, b0, block_rows, ws.lane.phi_q, ws.lane.log_q, false);
-        features(k, b0, block_rows, ws.lane.phi_k, ws.lane.log_k, true);
-        const index_t last_chunk = (block_rows - 1) / chunk() * chunk();
-        for (index_t c = last_chunk; c >= 0; c -= chunk()) {
-          reverse_chunk(b0 + c, c, std::min(chunk(), block_rows - c));
-        }
-        key_backward(b0, block_rows);
-      }
-    }
-
+    /// Tokens [t0, t0 + rows), rows [r0, r0 + rows) of the stretch's buffers: dk and dv,
+    /// carrying the adjoint suffix state G, H.
     void reverse_chunk(index_t t0, index_t r0, index_t rows) const {
       favor_state<T>& adj = ws.adjoint;  // relative to the shift of the first later token
       auto phi_q = ws.lane.phi_q.middleRows(r0, rows);
       const auto phi_k = ws.lane.phi_k.middleRows(r0, rows);
       const auto log_k = ws.lane.log_k.segment(r0, rows);
       const auto v_c = v.middleRows(t0, rows);
-      const auto shift = ws.shift.segment(t0, rows);
-      const auto g = ws.g.middleRows(t0, rows);
-      const auto h = ws.h.segment(t0, rows);
+      const auto shift = ws.shift.segment(r0, rows);
+      const auto g = ws.g.middleRows(r0, rows);
+      const auto h = ws.h.segment(r0, rows);
       auto weights = ws.mix.topLeftCorner(rows, rows);
       causal_weights(log_k, shift, weights);
       auto dphi = ws.dphi.middleRows(r0, rows);
@@ -336,16 +383,25 @@ void attention_gradient<favor_attention<T, FeatureMap, Sampler, T>>::backward(
     const attention_type& a, const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
     const const_matrix_ref<T>& v, const const_matrix_ref<T>& out, const const_matrix_ref<T>& dout,
     matrix_ref<T> dq, matrix_ref<T> dk, matrix_ref<T> dv, const attention_mask& mask,
-    workspace_type& ws, const saved_type& /*saved*/) {
+    workspace_type& ws, const saved_type& saved) {
   constexpr const char* who = "attention_gradient<favor_attention>::backward";
   check_backward_args<T>(who, q, k, v, out, dout, dq, dk, dv, mask);
   PERFORMER_PRECONDITION(q.cols() == a.projection().dim(), who, ": q is ", detail::shape(q),
                          " but the projection is for head width ", a.projection().dim());
-  const sweep s{a, a.map_for(q, k, mask), q, k, v, out, dout, dq, dk, dv, mask, ws};
+  if (saved.keys >= 0 || !saved.states.empty()) {
+    const index_t p = a.options().block * stretch_blocks(a);
+    const auto kept = static_cast<std::size_t>(mask.causal ? (k.rows() + p - 1) / p : 1);
+    PERFORMER_PRECONDITION(
+        saved.keys == k.rows() && saved.causal == mask.causal && saved.states.size() == kept &&
+            saved.states[0].sum.rows() == a.feature_count() &&
+            saved.states[0].sum.cols() == v.cols(),
+        who, ": saved does not come from a forward with these arguments (", detail::shape(k),
+        " keys, ", mask.causal ? "causal" : "bidirectional", ")");
+  }
+  const sweep s{a, a.map_for(q, k, mask), q, k, v, out, dout, dq, dk, dv, mask, ws, saved};
   s.prepare();
   if (mask.causal) {
-    s.causal_forward();
-    s.causal_reverse();
+    s.causal();
   } else {
     s.key_state();
     s.query_sweep();

@@ -69,6 +69,9 @@ struct causal_pass {
   matrix_ref<T>& out;
   const attention_mask& mask;
   workspace_type& ws;
+  /// Where the backward's key states go, if anywhere: the keys before every stride-th block.
+  std::vector<state_type>* kept = nullptr;
+  index_t stride = 1;
 
   [[nodiscard]] index_t block() const { return a.options_.block; }
   [[nodiscard]] index_t chunk() const { return std::min(a.options_.chunk, block()); }
@@ -87,6 +90,7 @@ struct causal_pass {
     a.prepare(ws, lanes, 2, v.cols(), /*query_features=*/false);
     prepare_blocks(lanes == 1 ? 1 : width, lanes > 1);
     ws.states[0].reset(a.feature_count(), v.cols());
+    if (kept != nullptr) kept->resize(static_cast<std::size_t>((blocks + stride - 1) / stride));
     if (lanes == 1) {
       in_order(blocks);
     } else {
@@ -116,6 +120,7 @@ struct causal_pass {
     const index_t first_seeing = seeing();
     for (index_t b = 0; b < blocks; ++b) {
       const index_t rows = rows_of(b);
+      keep(b, earlier);
       map_block(b, blk, lane);
       for (index_t r0 = 0; r0 < rows; r0 += chunk()) {
         const index_t chunk_rows = std::min(chunk(), rows - r0);
@@ -140,6 +145,7 @@ struct causal_pass {
       // The prefix, in block order: the same adds as in_order's.
       for (index_t i = 0; i < count; ++i) {
         state_type& own = ws.blocks[i].states[0];
+        keep(w0 + i, earlier);
         std::swap(own, ws.states[1]);
         own = earlier;
         if (w0 + i + 1 < blocks) earlier.add(ws.states[1]);
@@ -156,6 +162,11 @@ struct causal_pass {
         finish(w0 + i, blk, first_seeing);
       });
     }
+  }
+
+  /// Keeps `earlier`, the keys before block b, if b starts a stretch of the backward's.
+  void keep(index_t b, const state_type& earlier) const {
+    if (kept != nullptr && b % stride == 0) (*kept)[static_cast<std::size_t>(b / stride)] = earlier;
   }
 
   /// Phase A of a wave: block b's chunk sums and key state, with R_c kept at every boundary.
