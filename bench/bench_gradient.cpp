@@ -3,7 +3,9 @@
 // - <mechanism>/causal/N/backward: one head, float, d = d_v = 64, FAVOR+ m = 256, LSH with its
 //   defaults, 1 thread;
 //   pass "forward" is attention_gradient<A>::forward (what training runs: it also keeps what
-//   the backward needs), "backward" the backward from that forward's result.
+//   the backward needs), "backward" the backward from that forward's result;
+// - favor_backward_chunk/C: the causal FAVOR+ backward at N = 16,384 with
+//   favor_options::backward_chunk = C (how its default was chosen).
 // Run: build/<preset>/bench/bench_gradient --benchmark_repetitions=5
 //      --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -36,17 +38,13 @@ A make() {
   }
 }
 
-/// state.range(0): causal; range(1): N; range(2): 1 times the backward, 0 the forward.
+/// Times a's forward (keeping what the backward needs) or its backward on n tokens.
 template <class A>
-void pass(benchmark::State& state) {
+void time_pass(benchmark::State& state, const A& a, bool causal, index_t n, bool backward) {
 #if defined(_OPENMP)
   omp_set_num_threads(1);
 #endif
   using grad = performer::attention_gradient<A>;
-  const bool causal = state.range(0) != 0;
-  const index_t n = state.range(1);
-  const bool backward = state.range(2) != 0;
-  const A a = make<A>();
   using performer::conformance::random_matrix;
   const auto q = random_matrix<float>(n, head_dim, 1), k = random_matrix<float>(n, head_dim, 2);
   const auto v = random_matrix<float>(n, head_dim, 3);
@@ -70,6 +68,12 @@ void pass(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// state.range(0): causal; range(1): N; range(2): 1 times the backward, 0 the forward.
+template <class A>
+void pass(benchmark::State& state) {
+  time_pass(state, make<A>(), state.range(0) != 0, state.range(1), state.range(2) != 0);
+}
+
 using favor = performer::favor_attention<float>;
 using tiled = performer::tiled_softmax_attention<float>;
 using lsh = performer::lsh_attention<float>;
@@ -84,6 +88,20 @@ void shapes(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(pass<favor>)->Name("favor")->Apply(shapes);
+
+/// state.range(0): the causal backward's chunk.
+void favor_backward_chunk(benchmark::State& state) {
+  const favor a(head_dim, features, 1, {}, {}, {.backward_chunk = state.range(0)});
+  time_pass(state, a, true, 16384, true);
+}
+BENCHMARK(favor_backward_chunk)
+    ->ArgName("C")
+    ->Arg(8)
+    ->Arg(16)
+    ->Arg(32)
+    ->Arg(64)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(pass<tiled>)->Name("tiled_exact")->Apply(shapes);
 BENCHMARK(pass<lsh>)->Name("lsh")->Apply(shapes);
 
