@@ -19,7 +19,8 @@ struct favor_options {
   index_t chunk = 32;
   /// Tokens per chunk of the causal backward pass (favor_gradient.hpp), whose intra-chunk work
   /// per token is about twice the forward's: 16 measured fastest at d = 64, m = 256 (bench
-  /// bench_gradient: 115 ms against 121 ms at 32 and 122 ms at 8, N = 16,384, one thread).
+  /// bench_gradient's favor_backward_chunk/C, N = 16,384, one thread: 106 ms against 158 ms at
+  /// 8, 108 ms at 32 and 124 ms at 64).
   index_t backward_chunk = 16;
   /// Most segments the bidirectional path splits a sequence into; their key states are summed
   /// in parallel (OpenMP). 1 disables the split. The causal path does not use it.
