@@ -99,6 +99,10 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
   static index_t stretch_blocks(const attention_type& a) {
     return (a.feature_count() + a.options().block - 1) / a.options().block;
   }
+  /// P, the tokens of a causal stretch.
+  static index_t stretch_rows(const attention_type& a) {
+    return a.options().block * stretch_blocks(a);
+  }
 
   /// One backward call's arguments and the steps over them.
   struct sweep {
@@ -117,7 +121,7 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
     const saved_type& saved;
 
     [[nodiscard]] index_t block() const { return a.options().block; }
-    [[nodiscard]] index_t stretch() const { return block() * stretch_blocks(a); }
+    [[nodiscard]] index_t stretch() const { return stretch_rows(a); }
     [[nodiscard]] index_t chunk() const { return std::min(a.options().backward_chunk, block()); }
     [[nodiscard]] index_t rows_at(index_t r0, index_t n) const {
       return std::min(block(), n - r0);
@@ -242,22 +246,20 @@ struct attention_gradient<favor_attention<T, FeatureMap, Sampler, T>> {
       }
     }
 
-    /// Without a forward's states: the state of the keys before each stretch.
+    /// Without a forward's states: the state of the keys before each stretch, a prefix of
+    /// the stretches' own key states as the forward's is of its blocks'.
     const std::vector<favor_state<T>>& key_states() const {
       const index_t n = k.rows(), p = stretch();
-      ws.starts.resize(static_cast<std::size_t>((n + p - 1) / p));
-      favor_state<T>& st = ws.state;
-      st.reset(a.feature_count(), v.cols());
-      for (index_t s0 = 0; s0 < n; s0 += p) {
-        ws.starts[static_cast<std::size_t>(s0 / p)] = st;
-        for (index_t k0 = s0; k0 < std::min(n, s0 + p); k0 += block()) {
-          const index_t rows = std::min(block(), n - k0);
-          features(k, k0, rows, ws.lane.phi_k, ws.lane.log_k, true);
-          a.accumulate(ws.lane.phi_k.topRows(rows), ws.lane.log_k, v.middleRows(k0, rows), st,
-                       ws.lane.log_k.head(rows).maxCoeff(), ws.lane);
-        }
+      auto& starts = ws.starts;
+      starts.resize(static_cast<std::size_t>((n + p - 1) / p));
+      starts[0].reset(a.feature_count(), v.cols());
+      for (std::size_t s = 1; s < starts.size(); ++s) {
+        const auto s0 = static_cast<index_t>(s - 1) * p;
+        a.key_state(map, k, v, mask, s0, s0 + p, ws.state, ws.lane);
+        starts[s] = starts[s - 1];
+        starts[s].add(ws.state);
       }
-      return ws.starts;
+      return starts;
     }
 
     /// Tokens [s0, s0 + rows): forward through the chunks from `start` (each query's shift,
@@ -389,7 +391,7 @@ void attention_gradient<favor_attention<T, FeatureMap, Sampler, T>>::backward(
   PERFORMER_PRECONDITION(q.cols() == a.projection().dim(), who, ": q is ", detail::shape(q),
                          " but the projection is for head width ", a.projection().dim());
   if (saved.keys >= 0 || !saved.states.empty()) {
-    const index_t p = a.options().block * stretch_blocks(a);
+    const index_t p = stretch_rows(a);
     const auto kept = static_cast<std::size_t>(mask.causal ? (k.rows() + p - 1) / p : 1);
     PERFORMER_PRECONDITION(
         saved.keys == k.rows() && saved.causal == mask.causal && saved.states.size() == kept &&
