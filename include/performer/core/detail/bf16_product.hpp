@@ -1,0 +1,281 @@
+/// @file core/detail/bf16_product.hpp
+/// @brief C += A B with bfloat16 A and B and float C, as VDPBF16PS computes it: along the depth,
+/// pairs of products, the odd one first, each added to the float sum with one rounding, bfloat16
+/// subnormals read as zero and float subnormal sums flushed to zero. The portable backend follows
+/// the same steps with std::fma, so the two give the same bits; AMX tiles sum in an order of
+/// their own, within the same error bound (docs/algorithms.md §10).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PERFORMER_BF16_X86 1
+#endif
+
+#include "../bfloat16.hpp"
+#include "../types.hpp"
+
+namespace performer::detail::bf16 {
+
+/// Two bfloat16 values adjacent along the depth: element 2p in the low half, 2p + 1 in the high.
+using pair = std::uint32_t;
+
+[[nodiscard]] constexpr pair pack(float even, float odd) noexcept {
+  return static_cast<pair>(round(even)) | (static_cast<pair>(round(odd)) << 16);
+}
+
+/// The right operand, K x n, packed as ceil(K / 2) rows of pairs, each row padded to a multiple
+/// of 16 columns with zeros (one AVX-512 register of float sums), and zero rows up to a multiple
+/// of 16 rows (one AMX tile's depth), then 16 pairs more: an AMX tile of the last 16 columns
+/// may read past the row's end, into columns whose sums are not kept. O(K n) memory.
+struct packed_rhs {
+  std::vector<pair> pairs;
+  index_t depth = 0, cols = 0, stride = 0;
+
+  [[nodiscard]] index_t depth_pairs() const noexcept { return (depth + 1) / 2; }
+  [[nodiscard]] index_t tile_pairs() const noexcept { return (depth_pairs() + 15) / 16 * 16; }
+  [[nodiscard]] const pair* row(index_t p) const noexcept { return pairs.data() + p * stride; }
+
+  /// Packs b(k, j) for k < depth, j < cols (an odd depth gets a zero last row). Allocates only
+  /// when the shape grows.
+  template <class Get>
+  void assign(index_t depth_, index_t cols_, Get&& b) {
+    depth = depth_;
+    cols = cols_;
+    stride = (cols + 15) / 16 * 16;
+    pairs.assign(static_cast<std::size_t>(tile_pairs() * stride + 16), 0);
+    for (index_t p = 0; p < depth_pairs(); ++p) {
+      for (index_t j = 0; j < cols; ++j) {
+        const float odd = 2 * p + 1 < depth ? static_cast<float>(b(2 * p + 1, j)) : 0.0f;
+        pairs[static_cast<std::size_t>(p * stride + j)] =
+            pack(static_cast<float>(b(2 * p, j)), odd);
+      }
+    }
+  }
+};
+
+/// The left operand, rows x K: pair p of row i is at data[i * row_step + p * pair_step]. A
+/// row-major bfloat16 matrix has row_step = ld / 2, pair_step = 1; a pair-major one (pairs of
+/// rows interleaved, as the key features are stored) has row_step = 1, pair_step = rows.
+struct lhs_view {
+  const pair* data = nullptr;
+  index_t rows = 0, row_step = 0, pair_step = 0;
+  [[nodiscard]] pair at(index_t i, index_t p) const noexcept {
+    return data[i * row_step + p * pair_step];
+  }
+};
+
+/// A float with the subnormals flushed to a zero of the same sign (VDPBF16PS's FTZ and DAZ).
+[[nodiscard]] inline float flush(float x) noexcept {
+  return std::fabs(x) < std::numeric_limits<float>::min() ? std::copysign(0.0f, x) : x;
+}
+
+/// c (rows x b.cols, row-major, leading dimension ldc) += a b, in standard C++.
+inline void product_portable(const lhs_view& a, const packed_rhs& b, float* c, index_t ldc) {
+  const index_t cols = b.cols;
+  std::vector<float> odd_values(static_cast<std::size_t>(cols)), even_values(odd_values.size());
+  float* odd = odd_values.data();
+  float* even = even_values.data();
+  for (index_t i = 0; i < a.rows; ++i) {
+    float* out = c + i * ldc;
+    for (index_t p = 0; p < b.depth_pairs(); ++p) {
+      const pair w = a.at(i, p);
+      const float a_odd = flush(widen(static_cast<std::uint16_t>(w >> 16)));
+      const float a_even = flush(widen(static_cast<std::uint16_t>(w & 0xFFFFu)));
+      const pair* row = b.row(p);
+      for (index_t j = 0; j < cols; ++j) {
+        odd[j] = flush(widen(static_cast<std::uint16_t>(row[j] >> 16)));
+        even[j] = flush(widen(static_cast<std::uint16_t>(row[j] & 0xFFFFu)));
+      }
+      for (index_t j = 0; j < cols; ++j) {
+        out[j] = flush(std::fma(a_even, even[j], flush(std::fma(a_odd, odd[j], out[j]))));
+      }
+    }
+  }
+}
+
+#ifdef PERFORMER_BF16_X86
+#define PERFORMER_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+/// The pairs [p0, p1) of rows [i0, i0 + R) and column registers [t0, t0 + T) of c += a b;
+/// `last` masks the final register's columns when it passes b.cols. R T sums stay in registers
+/// across the pairs.
+template <std::size_t R, std::size_t T>
+PERFORMER_BF16_TARGET inline void product_tile(const lhs_view& a, const packed_rhs& b, float* c,
+                                               index_t ldc, index_t i0, index_t t0, index_t p0,
+                                               index_t p1, __mmask16 last) {
+  __m512 sum[R][T];
+  const auto mask = [&](std::size_t t) {
+    return t == T - 1 ? last : static_cast<__mmask16>(0xFFFF);
+  };
+  const auto at = [&](std::size_t r, std::size_t t) {
+    return c + (i0 + static_cast<index_t>(r)) * ldc + 16 * (t0 + static_cast<index_t>(t));
+  };
+  for (std::size_t r = 0; r < R; ++r) {
+    for (std::size_t t = 0; t < T; ++t) sum[r][t] = _mm512_maskz_loadu_ps(mask(t), at(r, t));
+  }
+  for (index_t p = p0; p < p1; ++p) {
+    const pair* row = b.row(p) + 16 * t0;
+    __m512bh rhs[T];
+    for (std::size_t t = 0; t < T; ++t) rhs[t] = (__m512bh)_mm512_loadu_si512(row + 16 * t);
+    for (std::size_t r = 0; r < R; ++r) {
+      const pair w = a.at(i0 + static_cast<index_t>(r), p);
+      const auto lhs = (__m512bh)_mm512_set1_epi32(static_cast<int>(w));
+      for (std::size_t t = 0; t < T; ++t) sum[r][t] = _mm512_dpbf16_ps(sum[r][t], lhs, rhs[t]);
+    }
+  }
+  for (std::size_t r = 0; r < R; ++r) {
+    for (std::size_t t = 0; t < T; ++t) _mm512_mask_storeu_ps(at(r, t), mask(t), sum[r][t]);
+  }
+}
+
+/// Rows of R, column registers of up to 4 (R = 6: 24 sums, 4 right-hand registers and one
+/// broadcast of the 32 a core has); the rows left over one at a time. The depth goes in spans
+/// of 128 pairs, so that the span of b (at most 32 KiB) stays in L1 across the rows; the sums
+/// go through c between spans, which leaves every addition and its order as they were.
+template <std::size_t T>
+PERFORMER_BF16_TARGET inline void product_columns(const lhs_view& a, const packed_rhs& b, float* c,
+                                                  index_t ldc, index_t t0, __mmask16 last) {
+  constexpr std::size_t R = 6;
+  constexpr auto rows = static_cast<index_t>(R);
+  constexpr index_t span = 128;
+  for (index_t p0 = 0; p0 < b.depth_pairs(); p0 += span) {
+    const index_t p1 = std::min(p0 + span, b.depth_pairs());
+    index_t i = 0;
+    for (; i + rows <= a.rows; i += rows) product_tile<R, T>(a, b, c, ldc, i, t0, p0, p1, last);
+    for (; i < a.rows; ++i) product_tile<1, T>(a, b, c, ldc, i, t0, p0, p1, last);
+  }
+}
+
+PERFORMER_BF16_TARGET inline void product_avx512(const lhs_view& a, const packed_rhs& b, float* c,
+                                                 index_t ldc) {
+  const index_t registers = b.stride / 16;
+  const index_t tail = b.cols - 16 * (registers - 1);  // columns in the last register, 1..16
+  const auto full = static_cast<__mmask16>(0xFFFF);
+  const auto last = static_cast<__mmask16>((1u << tail) - 1u);
+  index_t t = 0;
+  for (; t + 4 < registers; t += 4) product_columns<4>(a, b, c, ldc, t, full);
+  switch (registers - t) {
+    case 4:
+      product_columns<4>(a, b, c, ldc, t, last);
+      break;
+    case 3:
+      product_columns<3>(a, b, c, ldc, t, last);
+      break;
+    case 2:
+      product_columns<2>(a, b, c, ldc, t, last);
+      break;
+    case 1:
+      product_columns<1>(a, b, c, ldc, t, last);
+      break;
+    default:
+      break;
+  }
+}
+#undef PERFORMER_BF16_TARGET
+
+/// AMX tile configuration (palette 1): tiles 0 to 3 hold a 32 x 32 block of sums, 4 and 5 two
+/// 16-row slices of the left operand, 6 and 7 two 16-column slices of the right one.
+struct alignas(64) tile_config {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t bytes_per_row[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+#define PERFORMER_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+
+/// c += a b on AMX tiles, by 32 x 32 blocks of c. The left operand is copied, 32 rows at a time,
+/// into a zero-padded panel (tile rows must be 64 contiguous bytes); blocks of c on the edges go
+/// through a 32 x 32 scratch block. Allocates those two buffers once per thread.
+PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs& b, float* c,
+                                             index_t ldc) {
+  constexpr index_t edge = 32;
+  const index_t depth = b.tile_pairs();
+  thread_local std::vector<pair> panel;
+  thread_local std::vector<float> scratch;
+  panel.resize(static_cast<std::size_t>(edge * depth));
+  scratch.resize(static_cast<std::size_t>(edge * edge));
+  tile_config config;
+  for (int t = 0; t < 8; ++t) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+  const auto bytes = [](index_t n) { return static_cast<long>(n * 4); };
+  for (index_t i0 = 0; i0 < a.rows; i0 += edge) {
+    const index_t rows = std::min(edge, a.rows - i0);
+    std::fill(panel.begin(), panel.end(), pair{0});
+    for (index_t r = 0; r < rows; ++r) {
+      for (index_t p = 0; p < b.depth_pairs(); ++p)
+        panel[static_cast<std::size_t>(r * depth + p)] = a.at(i0 + r, p);
+    }
+    for (index_t j0 = 0; j0 < b.cols; j0 += edge) {
+      const index_t cols = std::min(edge, b.cols - j0);
+      const bool inside = rows == edge && cols == edge;
+      float* block = inside ? c + i0 * ldc + j0 : scratch.data();
+      const index_t ld = inside ? ldc : edge;
+      if (!inside) {
+        std::fill(scratch.begin(), scratch.end(), 0.0f);
+        for (index_t r = 0; r < rows; ++r)
+          std::copy_n(c + (i0 + r) * ldc + j0, cols, block + r * ld);
+      }
+      _tile_loadd(0, block, bytes(ld));
+      _tile_loadd(1, block + 16, bytes(ld));
+      _tile_loadd(2, block + 16 * ld, bytes(ld));
+      _tile_loadd(3, block + 16 * ld + 16, bytes(ld));
+      for (index_t p0 = 0; p0 < depth; p0 += 16) {
+        _tile_loadd(4, panel.data() + p0, bytes(depth));
+        _tile_loadd(5, panel.data() + 16 * depth + p0, bytes(depth));
+        _tile_loadd(6, b.row(p0) + j0, bytes(b.stride));
+        _tile_loadd(7, b.row(p0) + j0 + 16, bytes(b.stride));
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, block, bytes(ld));
+      _tile_stored(1, block + 16, bytes(ld));
+      _tile_stored(2, block + 16 * ld, bytes(ld));
+      _tile_stored(3, block + 16 * ld + 16, bytes(ld));
+      if (!inside) {
+        for (index_t r = 0; r < rows; ++r)
+          std::copy_n(block + r * ld, cols, c + (i0 + r) * ldc + j0);
+      }
+    }
+  }
+  _tile_release();
+}
+#undef PERFORMER_AMX_TARGET
+#endif
+
+/// c (a.rows x b.cols floats, row-major, leading dimension ldc >= b.cols) += a b, a being
+/// a.rows x b.depth. Time O(rows depth cols). The portable backend allocates two rows of b.cols
+/// floats per call, amx two buffers once per thread, avx512_bf16 nothing.
+/// @throws performer::invalid_argument if the CPU or OS does not run the requested backend.
+inline void product(const lhs_view& a, const packed_rhs& b, float* c, index_t ldc,
+                    bf16_backend backend = bf16_backend::automatic) {
+  if (a.rows == 0 || b.cols == 0) return;
+#ifdef PERFORMER_BF16_X86
+  switch (bf16_resolve(backend)) {
+    case bf16_backend::avx512_bf16:
+      product_avx512(a, b, c, ldc);
+      return;
+    case bf16_backend::amx:
+      product_amx(a, b, c, ldc);
+      return;
+    default:
+      break;
+  }
+#else
+  (void)bf16_resolve(backend);
+#endif
+  product_portable(a, b, c, ldc);
+}
+
+}  // namespace performer::detail::bf16

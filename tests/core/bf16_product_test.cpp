@@ -1,0 +1,216 @@
+// bfloat16 rounding and products (core/bfloat16.hpp, core/detail/bf16_product.hpp): the rounding
+// against Eigen's own bfloat16, the portable product against a double product of the same
+// bfloat16 values within float's accumulation bound, and the AVX512-BF16 product against the
+// portable one bit for bit (reported skipped on a CPU without AVX512-BF16).
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <performer/core/bfloat16.hpp>
+#include <performer/core/detail/bf16_product.hpp>
+
+namespace performer::test {
+namespace core_bf16_product_test {
+namespace {
+
+using detail::bf16::lhs_view;
+using detail::bf16::packed_rhs;
+using detail::bf16::pair;
+using detail::bf16::round;
+using detail::bf16::widen;
+
+constexpr float float_min = std::numeric_limits<float>::min();
+
+TEST(Bf16Rounding, NearestEvenAsEigenForNormalValues) {
+  std::mt19937 gen(7);
+  std::uniform_int_distribution<std::uint32_t> bits;
+  int compared = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const float x = std::bit_cast<float>(bits(gen));
+    if (!std::isfinite(x) || std::fabs(x) < float_min) continue;
+    ASSERT_EQ(round(x), Eigen::bfloat16(x).value) << x;
+    ++compared;
+  }
+  EXPECT_GT(compared, 150000);
+}
+
+TEST(Bf16Rounding, TiesSpecialValuesAndSubnormals) {
+  EXPECT_EQ(round(1.0f), 0x3F80);
+  EXPECT_EQ(round(1.0f + 0x1p-8f), 0x3F80);      // halfway, down to the even 1.0
+  EXPECT_EQ(round(1.0f + 3 * 0x1p-8f), 0x3F82);  // halfway, up to the even neighbour
+  EXPECT_EQ(round(1.0f + 0x1p-8f + 0x1p-20f), 0x3F81);
+  EXPECT_EQ(round(-2.0f), 0xC000);
+  EXPECT_EQ(round(std::numeric_limits<float>::infinity()), 0x7F80);
+  EXPECT_EQ(round(std::numeric_limits<float>::max()), 0x7F80);  // rounds past bfloat16's max
+  EXPECT_TRUE(std::isnan(widen(round(std::numeric_limits<float>::quiet_NaN()))));
+  EXPECT_TRUE(std::isnan(widen(round(std::bit_cast<float>(0x7F800001u)))));  // low-bit NaN
+  EXPECT_EQ(round(float_min / 4), 0x0000);
+  EXPECT_EQ(round(-float_min / 4), 0x8000);
+  EXPECT_EQ(round(float_min), 0x0080);
+  EXPECT_EQ(widen(0x3F80), 1.0f);
+}
+
+struct problem {
+  index_t rows, depth, cols;
+  bool pair_major;  // the left operand stored pairs of rows interleaved (row_step 1)
+};
+
+// Random bfloat16 operands of a problem, c's starting values, and the double reference
+// c + a b with the error bound of float sums over the depth.
+struct operands {
+  problem shape;
+  std::vector<pair> a;
+  packed_rhs b;
+  std::vector<float> c_start;
+  std::vector<double> exact, bound;
+  index_t ldc;
+
+  explicit operands(problem s, unsigned seed) : shape(s), ldc(s.cols + 3) {
+    std::mt19937 gen(seed);
+    std::normal_distribution<float> normal;
+    const index_t pairs = (s.depth + 1) / 2;
+    row_matrix<float> af = row_matrix<float>::Zero(s.rows, 2 * pairs);
+    row_matrix<float> bf = row_matrix<float>::Zero(2 * pairs, s.cols);
+    for (index_t i = 0; i < s.rows; ++i) {
+      for (index_t k = 0; k < s.depth; ++k) af(i, k) = widen(round(normal(gen)));
+    }
+    for (index_t k = 0; k < s.depth; ++k) {
+      for (index_t j = 0; j < s.cols; ++j) bf(k, j) = widen(round(normal(gen)));
+    }
+    b.assign(s.depth, s.cols, [&](index_t k, index_t j) { return bf(k, j); });
+    a.resize(static_cast<std::size_t>(s.rows * pairs));
+    for (index_t i = 0; i < s.rows; ++i) {
+      for (index_t p = 0; p < pairs; ++p) {
+        const std::size_t at =
+            static_cast<std::size_t>(s.pair_major ? p * s.rows + i : i * pairs + p);
+        a[at] = detail::bf16::pack(af(i, 2 * p), af(i, 2 * p + 1));
+      }
+    }
+    c_start.resize(static_cast<std::size_t>(s.rows * ldc));
+    for (float& x : c_start) x = normal(gen);
+    exact.assign(c_start.size(), 0.0);
+    bound.assign(c_start.size(), 0.0);
+    // Each of the 2 ceil(K/2) additions rounds once: |error| <= gamma (|c| + sum |a b|).
+    const double gamma = 2.0 * static_cast<double>(pairs) * 0x1p-24 * 1.01;
+    for (index_t i = 0; i < s.rows; ++i) {
+      for (index_t j = 0; j < ldc; ++j) {
+        const auto at = static_cast<std::size_t>(i * ldc + j);
+        double sum = c_start[at], magnitude = std::fabs(c_start[at]);
+        if (j < s.cols) {
+          for (index_t k = 0; k < s.depth; ++k) {
+            sum += static_cast<double>(af(i, k)) * bf(k, j);
+            magnitude += std::fabs(static_cast<double>(af(i, k)) * bf(k, j));
+          }
+        }
+        exact[at] = sum;
+        bound[at] = j < s.cols ? gamma * magnitude : 0.0;
+      }
+    }
+  }
+
+  [[nodiscard]] lhs_view lhs() const {
+    const index_t pairs = (shape.depth + 1) / 2;
+    return shape.pair_major ? lhs_view{a.data(), shape.rows, 1, shape.rows}
+                            : lhs_view{a.data(), shape.rows, pairs, 1};
+  }
+
+  [[nodiscard]] std::vector<float> run(bf16_backend backend) const {
+    std::vector<float> c = c_start;
+    detail::bf16::product(lhs(), b, c.data(), ldc, backend);
+    return c;
+  }
+};
+
+// Shapes that reach every tile: rows past multiples of 6, odd depths, columns in 1 to 5
+// registers with a partial last one.
+const problem shapes[] = {{1, 1, 1, false},  {7, 3, 15, false},   {13, 64, 16, false},
+                          {6, 65, 17, true}, {19, 256, 80, true}, {25, 64, 256, false},
+                          {5, 2, 100, true}, {12, 33, 65, false}, {3, 128, 49, true}};
+
+// Every output of `backend` within the float-sum bound of the double product.
+void expect_within_bound(bf16_backend backend, unsigned seed) {
+  for (const problem& s : shapes) {
+    const operands ops(s, seed++);
+    const auto c = ops.run(backend);
+    for (std::size_t at = 0; at < c.size(); ++at) {
+      ASSERT_LE(std::fabs(c[at] - ops.exact[at]), ops.bound[at])
+          << bf16_name(backend) << ": rows " << s.rows << " depth " << s.depth << " cols " << s.cols
+          << " at " << at;
+    }
+  }
+}
+
+TEST(Bf16Product, PortableWithinFloatSumBoundOfDoubleProduct) {
+  expect_within_bound(bf16_backend::portable, 1);
+}
+
+TEST(Bf16Product, AddsTheOddProductFirst) {
+  // c = 2^-24 plus the pair (even 2^-24 * 1, odd 1 * 1). Odd first: 1 + 2^-24 rounds to 1 (a
+  // tie, to even), and 1 + 2^-24 again to 1. Even first: 2^-23, then 1 + 2^-23, which float holds.
+  packed_rhs b;
+  b.assign(2, 1, [](index_t, index_t) { return 1.0f; });
+  const pair a = detail::bf16::pack(0x1p-24f, 1.0f);
+  for (const bf16_backend backend : {bf16_backend::portable, bf16_backend::avx512_bf16}) {
+    if (!bf16_available(backend)) continue;  // Avx512Bf16GivesThePortableBits reports the skip
+    float c = 0x1p-24f;
+    detail::bf16::product(lhs_view{&a, 1, 1, 1}, b, &c, 1, backend);
+    EXPECT_EQ(c, 1.0f) << bf16_name(bf16_resolve(backend));
+  }
+}
+
+TEST(Bf16Product, FlushesSubnormalSums) {
+  packed_rhs b;
+  b.assign(2, 1, [](index_t k, index_t) { return k == 0 ? 0x1p-70f : 0.0f; });
+  const pair a = detail::bf16::pack(0x1p-70f, 0.0f);  // product 2^-140: a float subnormal
+  for (const bf16_backend backend : {bf16_backend::portable, bf16_backend::avx512_bf16}) {
+    if (!bf16_available(backend)) continue;  // Avx512Bf16GivesThePortableBits reports the skip
+    float c = 0.0f;
+    detail::bf16::product(lhs_view{&a, 1, 1, 1}, b, &c, 1, backend);
+    EXPECT_EQ(c, 0.0f) << bf16_name(bf16_resolve(backend));
+  }
+}
+
+TEST(Bf16Product, AmxWithinFloatSumBoundOfDoubleProduct) {
+  if (!bf16_available(bf16_backend::amx)) GTEST_SKIP() << "this CPU or OS does not run AMX-BF16";
+  expect_within_bound(bf16_backend::amx, 50);
+}
+
+TEST(Bf16Product, Avx512Bf16GivesThePortableBits) {
+  if (!bf16_available(bf16_backend::avx512_bf16))
+    GTEST_SKIP() << "this CPU does not run AVX512-BF16";
+  unsigned seed = 100;
+  for (const problem& s : shapes) {
+    const operands ops(s, seed++);
+    const auto fast = ops.run(bf16_backend::avx512_bf16);
+    const auto portable = ops.run(bf16_backend::portable);
+    for (std::size_t at = 0; at < fast.size(); ++at) {
+      ASSERT_EQ(std::bit_cast<std::uint32_t>(fast[at]), std::bit_cast<std::uint32_t>(portable[at]))
+          << "rows " << s.rows << " depth " << s.depth << " cols " << s.cols << " at " << at;
+    }
+  }
+}
+
+TEST(Bf16Backend, ResolvesToWhatTheCpuRuns) {
+  EXPECT_EQ(bf16_resolve(bf16_backend::portable), bf16_backend::portable);
+  const bf16_backend fastest = bf16_available(bf16_backend::amx) ? bf16_backend::amx
+                               : bf16_available(bf16_backend::avx512_bf16)
+                                   ? bf16_backend::avx512_bf16
+                                   : bf16_backend::portable;
+  EXPECT_EQ(bf16_resolve(bf16_backend::automatic), fastest);
+  for (const bf16_backend fast : {bf16_backend::amx, bf16_backend::avx512_bf16}) {
+    if (bf16_available(fast)) {
+      EXPECT_EQ(bf16_resolve(fast), fast);
+    } else {
+      EXPECT_THROW((void)bf16_resolve(fast), invalid_argument) << bf16_name(fast);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace core_bf16_product_test
+}  // namespace performer::test
