@@ -5,6 +5,9 @@
 // float FMA, VDPBF16PS and TDPBF16PS. Counters: "GFLOP/s" (2 rows depth cols per product),
 // "bits_unlike_portable" (the share of a product's outputs whose bits differ from the portable
 // backend's). One thread: the products themselves, not their parallel split.
+// Built with oneDNN (PERFORMER_BENCH_ONEDNN, from bench/CMakeLists.txt when it finds it), also
+// oneDNN's bfloat16 matmul on the same shapes, so that adopting it as a backend is a decision
+// taken on these numbers; "max_rel_diff_vs_portable" checks it once against the portable backend.
 //   bench_bf16 --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
@@ -13,11 +16,19 @@
 #include <iterator>
 #include <numeric>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <performer/core/bfloat16.hpp>
 #include <performer/core/detail/bf16_product.hpp>
 #include <performer/core/types.hpp>
+
+#ifdef PERFORMER_BENCH_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#endif
 
 namespace {
 
@@ -66,6 +77,27 @@ void eigen_float(benchmark::State& state) {
   report(state, s);
 }
 
+// a and b rounded to bfloat16 and packed as bf16::product takes them.
+struct packed_operands {
+  std::vector<bf16::pair> lhs;
+  index_t rows = 0, pairs = 0;
+  bf16::packed_rhs rhs;
+
+  packed_operands(const row_matrix<float>& a, const row_matrix<float>& b)
+      : lhs(static_cast<std::size_t>(a.rows() * ((a.cols() + 1) / 2))),
+        rows(a.rows()),
+        pairs((a.cols() + 1) / 2) {
+    rhs.assign(b.rows(), b.cols(), [&](index_t k, index_t j) { return b(k, j); });
+    for (index_t i = 0; i < rows; ++i) {
+      for (index_t p = 0; p < pairs; ++p) {
+        const float odd = 2 * p + 1 < a.cols() ? a(i, 2 * p + 1) : 0.0f;
+        lhs[static_cast<std::size_t>(i * pairs + p)] = bf16::pack(a(i, 2 * p), odd);
+      }
+    }
+  }
+  [[nodiscard]] bf16::lhs_view view() const { return {lhs.data(), rows, pairs, 1}; }
+};
+
 void bfloat16(benchmark::State& state, bf16_backend backend) {
   const shape& s = shapes[state.range(0)];
   state.SetLabel(s.name);
@@ -74,17 +106,9 @@ void bfloat16(benchmark::State& state, bf16_backend backend) {
     return;
   }
   const row_matrix<float> a = random(s.rows, s.depth, 1), b = random(s.depth, s.cols, 2);
-  bf16::packed_rhs rhs;
-  rhs.assign(s.depth, s.cols, [&](index_t k, index_t j) { return b(k, j); });
-  const index_t pairs = (s.depth + 1) / 2;
-  std::vector<bf16::pair> lhs(static_cast<std::size_t>(s.rows * pairs));
-  for (index_t i = 0; i < s.rows; ++i) {
-    for (index_t p = 0; p < pairs; ++p) {
-      const float odd = 2 * p + 1 < s.depth ? a(i, 2 * p + 1) : 0.0f;
-      lhs[static_cast<std::size_t>(i * pairs + p)] = bf16::pack(a(i, 2 * p), odd);
-    }
-  }
-  const bf16::lhs_view view{lhs.data(), s.rows, pairs, 1};
+  const packed_operands operands(a, b);
+  const bf16::lhs_view view = operands.view();
+  const bf16::packed_rhs& rhs = operands.rhs;
   row_matrix<float> c = row_matrix<float>::Zero(s.rows, s.cols);
   // Outside the timing: the share of outputs whose bits differ from the portable backend's.
   row_matrix<float> portable = c;
@@ -98,6 +122,101 @@ void bfloat16(benchmark::State& state, bf16_backend backend) {
   }
   report(state, s);
 }
+
+#ifdef PERFORMER_BENCH_ONEDNN
+const char* isa_name(dnnl::cpu_isa isa) {
+  switch (isa) {
+    case dnnl::cpu_isa::avx512_core_amx:
+      return "avx512_core_amx";
+    case dnnl::cpu_isa::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core:
+      return "avx512_core";
+    case dnnl::cpu_isa::avx2:
+      return "avx2";
+    default:
+      return "other";
+  }
+}
+
+// oneDNN's matmul with bfloat16 A and B (row-major, as given: no reordered weights) and float C,
+// with a sum post-op so that it adds to C as the others do. The inputs are rounded by
+// bf16::round, so oneDNN and the portable backend multiply the same bits.
+void onednn_bf16(benchmark::State& state) {
+  const shape& s = shapes[state.range(0)];
+  state.SetLabel(s.name);
+#ifdef _OPENMP
+  // This oneDNN runs on OpenMP (Debian's build does), and takes the thread count it gets from
+  // omp_get_max_threads() when the primitive is made and run: one, like the other rows. Without
+  // OpenMP in this program, only OMP_NUM_THREADS=1 keeps oneDNN to one thread.
+  omp_set_num_threads(1);
+#endif
+  const row_matrix<float> a = random(s.rows, s.depth, 1), b = random(s.depth, s.cols, 2);
+  const auto to_bits = [](const row_matrix<float>& m) {
+    std::vector<std::uint16_t> bits(static_cast<std::size_t>(m.size()));
+    std::transform(m.data(), m.data() + m.size(), bits.begin(), bf16::round);
+    return bits;
+  };
+  const auto widened = [](const std::vector<std::uint16_t>& bits, index_t rows, index_t cols) {
+    row_matrix<float> m(rows, cols);
+    std::transform(bits.begin(), bits.end(), m.data(), bf16::widen);
+    return m;
+  };
+  std::vector<std::uint16_t> a_bits = to_bits(a), b_bits = to_bits(b);
+  row_matrix<float> c = random(s.rows, s.cols, 3);
+  const row_matrix<float> c0 = c;
+  try {
+    using dnnl::memory;
+    const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    dnnl::stream stream(engine);
+    const memory::desc a_desc({s.rows, s.depth}, memory::data_type::bf16, memory::format_tag::ab);
+    const memory::desc b_desc({s.depth, s.cols}, memory::data_type::bf16, memory::format_tag::ab);
+    const memory::desc c_desc({s.rows, s.cols}, memory::data_type::f32, memory::format_tag::ab);
+    const dnnl::matmul::desc desc(a_desc, b_desc, c_desc);
+    dnnl::post_ops sum;
+    sum.append_sum(1.0f);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(sum);
+    dnnl::matmul::primitive_desc pd(desc, attr, engine, true);
+    const bool accumulates = static_cast<bool>(pd);
+    // Without a sum post-op for this configuration, the row times C = A B instead.
+    if (!accumulates) pd = dnnl::matmul::primitive_desc(desc, engine);
+    const dnnl::matmul matmul(pd);
+    const std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, memory(a_desc, engine, a_bits.data())},
+        {DNNL_ARG_WEIGHTS, memory(b_desc, engine, b_bits.data())},
+        {DNNL_ARG_DST, memory(c_desc, engine, c.data())}};
+    state.SetLabel(std::string(s.name) + (accumulates ? "" : " C = A B, no sum post-op") + " [" +
+                   pd.impl_info_str() + ", " + isa_name(dnnl::get_effective_cpu_isa()) + "]");
+
+    // Outside the timing, from the same nonzero C: the largest difference from the portable
+    // backend, relative to |C| + |A| |B|, the scale of the products' rounding errors (relative to
+    // C alone, an output near zero after cancellation would say nothing of the product).
+    matmul.execute(stream, args);
+    stream.wait();
+    row_matrix<float> portable = c0;
+    const packed_operands operands(a, b);
+    bf16::product(operands.view(), operands.rhs, portable.data(), s.cols, bf16_backend::portable);
+    if (!accumulates) portable -= c0;
+    const row_matrix<float> scale = c0.cwiseAbs() + widened(a_bits, s.rows, s.depth).cwiseAbs() *
+                                                        widened(b_bits, s.depth, s.cols).cwiseAbs();
+    state.counters["max_rel_diff_vs_portable"] =
+        static_cast<double>(((c - portable).array().abs() / scale.array()).maxCoeff());
+
+    for (auto _ : state) {
+      matmul.execute(stream, args);
+      stream.wait();
+      benchmark::DoNotOptimize(c.data());
+    }
+  } catch (const dnnl::error& e) {
+    state.SkipWithError((std::string("oneDNN: ") + e.what()).c_str());
+    return;
+  }
+  report(state, s);
+}
+#endif
 
 #ifdef PERFORMER_BF16_X86
 // Instruction rates: 12 independent sums, so that latency does not limit the issue rate.
@@ -209,5 +328,8 @@ BENCHMARK(eigen_float)->Apply(shapes_of);
 BENCHMARK_CAPTURE(bfloat16, amx, bf16_backend::amx)->Apply(shapes_of);
 BENCHMARK_CAPTURE(bfloat16, avx512_bf16, bf16_backend::avx512_bf16)->Apply(shapes_of);
 BENCHMARK_CAPTURE(bfloat16, portable, bf16_backend::portable)->Apply(shapes_of);
+#ifdef PERFORMER_BENCH_ONEDNN
+BENCHMARK(onednn_bf16)->Apply(shapes_of);
+#endif
 
 }  // namespace
