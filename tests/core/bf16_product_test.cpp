@@ -126,11 +126,13 @@ struct operands {
   }
 };
 
-// Shapes that reach every tile: rows past multiples of 6, odd depths, columns in 1 to 5
-// registers with a partial last one.
-const problem shapes[] = {{1, 1, 1, false},  {7, 3, 15, false},   {13, 64, 16, false},
-                          {6, 65, 17, true}, {19, 256, 80, true}, {25, 64, 256, false},
-                          {5, 2, 100, true}, {12, 33, 65, false}, {3, 128, 49, true}};
+// Shapes that reach every tile: rows past multiples of 6 and 32, odd depths, columns in 1 to 5
+// registers with a partial last one, depths of more than one span of 128 pairs (the last one
+// partial).
+const problem shapes[] = {{1, 1, 1, false},     {7, 3, 15, false},   {13, 64, 16, false},
+                          {6, 65, 17, true},    {19, 256, 80, true}, {25, 64, 256, false},
+                          {5, 2, 100, true},    {12, 33, 65, false}, {3, 128, 49, true},
+                          {37, 601, 40, false}, {33, 520, 20, true}};
 
 // Every output of `backend` within the float-sum bound of the double product.
 void expect_within_bound(bf16_backend backend, unsigned seed) {

@@ -214,16 +214,18 @@ struct alignas(64) tile_config {
 
 #define PERFORMER_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
 
-/// c += a b on AMX tiles, by 32 x 32 blocks of c. The left operand is copied, 32 rows at a time,
-/// into a zero-padded panel (tile rows must be 64 contiguous bytes); blocks of c on the edges go
-/// through a 32 x 32 scratch block. Allocates those two buffers once per thread.
+/// c += a b on AMX tiles, by 32 x 32 blocks of c. The depth goes in spans of 128 pairs, each span
+/// of b (at most 128 KiB for 256 columns) serving every block of c before the next, so a long
+/// depth reads b from memory once instead of once per 32 rows; the sums pass through c between
+/// spans as floats, which changes no bit. Each span of the left operand is copied, 32 rows at a
+/// time, into a zero-padded panel (a tile row must be 64 contiguous bytes); blocks of c on the
+/// edges go through a 32 x 32 scratch block. Allocates those two buffers once per thread.
 PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs& b, float* c,
                                              index_t ldc) {
-  constexpr index_t edge = 32;
-  const index_t depth = b.tile_pairs();
+  constexpr index_t edge = 32, span = 128;
   thread_local aligned_buffer<pair> panel;
   thread_local aligned_buffer<float> scratch;
-  panel.resize(static_cast<std::size_t>(edge * depth));
+  panel.resize(static_cast<std::size_t>(edge * span));
   scratch.resize(static_cast<std::size_t>(edge * edge));
   tile_config config;
   for (int t = 0; t < 8; ++t) {
@@ -232,44 +234,51 @@ PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs
   }
   _tile_loadconfig(&config);
   const auto bytes = [](index_t n) { return static_cast<long>(n * 4); };
-  for (index_t i0 = 0; i0 < a.rows; i0 += edge) {
-    const index_t rows = std::min(edge, a.rows - i0);
-    std::fill(panel.begin(), panel.end(), pair{0});
-    for (index_t r = 0; r < rows; ++r) {
-      for (index_t p = 0; p < b.depth_pairs(); ++p)
-        panel[static_cast<std::size_t>(r * depth + p)] = a.at(i0 + r, p);
-    }
-    for (index_t j0 = 0; j0 < b.cols; j0 += edge) {
-      const index_t cols = std::min(edge, b.cols - j0);
-      const bool inside = rows == edge && cols == edge;
-      float* block = inside ? c + i0 * ldc + j0 : scratch.data();
-      const index_t ld = inside ? ldc : edge;
-      if (!inside) {
-        std::fill(scratch.begin(), scratch.end(), 0.0f);
-        for (index_t r = 0; r < rows; ++r)
-          std::copy_n(c + (i0 + r) * ldc + j0, cols, block + r * ld);
+  for (index_t s0 = 0; s0 < b.tile_pairs(); s0 += span) {
+    const index_t width = std::min(span, b.tile_pairs() - s0);  // a multiple of 16
+    const index_t filled = std::min(width, b.depth_pairs() - s0);
+    for (index_t i0 = 0; i0 < a.rows; i0 += edge) {
+      const index_t rows = std::min(edge, a.rows - i0);
+      std::fill(panel.begin(), panel.end(), pair{0});
+      for (index_t r = 0; r < rows; ++r) {
+        for (index_t p = 0; p < filled; ++p) {
+          panel[static_cast<std::size_t>(r * width + p)] = a.at(i0 + r, s0 + p);
+        }
       }
-      _tile_loadd(0, block, bytes(ld));
-      _tile_loadd(1, block + 16, bytes(ld));
-      _tile_loadd(2, block + 16 * ld, bytes(ld));
-      _tile_loadd(3, block + 16 * ld + 16, bytes(ld));
-      for (index_t p0 = 0; p0 < depth; p0 += 16) {
-        _tile_loadd(4, panel.data() + p0, bytes(depth));
-        _tile_loadd(5, panel.data() + 16 * depth + p0, bytes(depth));
-        _tile_loadd(6, b.row(p0) + j0, bytes(b.stride));
-        _tile_loadd(7, b.row(p0) + j0 + 16, bytes(b.stride));
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-      }
-      _tile_stored(0, block, bytes(ld));
-      _tile_stored(1, block + 16, bytes(ld));
-      _tile_stored(2, block + 16 * ld, bytes(ld));
-      _tile_stored(3, block + 16 * ld + 16, bytes(ld));
-      if (!inside) {
-        for (index_t r = 0; r < rows; ++r)
-          std::copy_n(block + r * ld, cols, c + (i0 + r) * ldc + j0);
+      for (index_t j0 = 0; j0 < b.cols; j0 += edge) {
+        const index_t cols = std::min(edge, b.cols - j0);
+        const bool inside = rows == edge && cols == edge;
+        float* block = inside ? c + i0 * ldc + j0 : scratch.data();
+        const index_t ld = inside ? ldc : edge;
+        if (!inside) {
+          std::fill(scratch.begin(), scratch.end(), 0.0f);
+          for (index_t r = 0; r < rows; ++r) {
+            std::copy_n(c + (i0 + r) * ldc + j0, cols, block + r * ld);
+          }
+        }
+        _tile_loadd(0, block, bytes(ld));
+        _tile_loadd(1, block + 16, bytes(ld));
+        _tile_loadd(2, block + 16 * ld, bytes(ld));
+        _tile_loadd(3, block + 16 * ld + 16, bytes(ld));
+        for (index_t p0 = 0; p0 < width; p0 += 16) {
+          _tile_loadd(4, panel.data() + p0, bytes(width));
+          _tile_loadd(5, panel.data() + 16 * width + p0, bytes(width));
+          _tile_loadd(6, b.row(s0 + p0) + j0, bytes(b.stride));
+          _tile_loadd(7, b.row(s0 + p0) + j0 + 16, bytes(b.stride));
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, block, bytes(ld));
+        _tile_stored(1, block + 16, bytes(ld));
+        _tile_stored(2, block + 16 * ld, bytes(ld));
+        _tile_stored(3, block + 16 * ld + 16, bytes(ld));
+        if (!inside) {
+          for (index_t r = 0; r < rows; ++r) {
+            std::copy_n(block + r * ld, cols, c + (i0 + r) * ldc + j0);
+          }
+        }
       }
     }
   }
