@@ -4,7 +4,10 @@
 // reported as skipped, with the reason, on a CPU without it), and the instruction rates of
 // float FMA, VDPBF16PS and TDPBF16PS. Counters: "GFLOP/s" (2 rows depth cols per product),
 // "bits_unlike_portable" (the share of a product's outputs whose bits differ from the portable
-// backend's). One thread: the products themselves, not their parallel split.
+// backend's), "of_peak" (GFLOP/s over the rate of the instruction the product runs on, the
+// best repetition of instruction_rate in the same run: the float FMA for Eigen and portable,
+// VDPBF16PS for avx512_bf16, TDPBF16PS for amx and oneDNN). One thread: the products
+// themselves, not their parallel split.
 // Built with oneDNN (PERFORMER_BENCH_ONEDNN, from bench/CMakeLists.txt when it finds it), also
 // oneDNN's bfloat16 matmul on the same shapes, so that adopting it as a backend is a decision
 // taken on these numbers; "max_rel_diff_vs_portable" checks it once against the portable backend.
@@ -12,6 +15,8 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cstdint>
 #include <iterator>
 #include <numeric>
@@ -58,10 +63,23 @@ row_matrix<float> random(index_t rows, index_t cols, unsigned seed) {
   return row_matrix<float>::Random(rows, cols);
 }
 
-void report(benchmark::State& state, const shape& s) {
+// The instructions' rates in FLOP/s, the best repetition of instruction_rate in this run, by the
+// backend whose products they bound (portable: the float FMA, which Eigen's float products and
+// the portable backend use); 0 until measured.
+std::array<double, 4> peak_flops{};
+
+double& peak_of(bf16_backend backend) { return peak_flops[static_cast<std::size_t>(backend)]; }
+
+// "GFLOP/s", and "of_peak": that rate over the instruction rate `bound` measured earlier in the
+// same run (left out when instruction_rate did not run or was skipped).
+void report(benchmark::State& state, const shape& s, bf16_backend bound) {
+  const double flops = 2.0 * static_cast<double>(s.rows * s.depth * s.cols);
   state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * static_cast<double>(s.rows * s.depth * s.cols),
-      benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+      flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  if (peak_of(bound) > 0) {
+    state.counters["of_peak"] =
+        benchmark::Counter(flops / peak_of(bound), benchmark::Counter::kIsIterationInvariantRate);
+  }
 }
 
 void eigen_float(benchmark::State& state) {
@@ -74,7 +92,7 @@ void eigen_float(benchmark::State& state) {
     c.noalias() += a * b;
     benchmark::DoNotOptimize(c.data());
   }
-  report(state, s);
+  report(state, s, bf16_backend::portable);
 }
 
 // a and b rounded to bfloat16 and packed as bf16::product takes them.
@@ -120,7 +138,7 @@ void bfloat16(benchmark::State& state, bf16_backend backend) {
     bf16::product(view, rhs, c.data(), s.cols, backend);
     benchmark::DoNotOptimize(c.data());
   }
-  report(state, s);
+  report(state, s, backend);
 }
 
 #ifdef PERFORMER_BENCH_ONEDNN
@@ -214,7 +232,7 @@ void onednn_bf16(benchmark::State& state) {
     state.SkipWithError((std::string("oneDNN: ") + e.what()).c_str());
     return;
   }
-  report(state, s);
+  report(state, s, bf16_backend::amx);
 }
 #endif
 
@@ -293,6 +311,7 @@ void instruction_rate(benchmark::State& state, bf16_backend backend) {
     return;
   }
   double flops_per_step = 0;
+  const auto start = std::chrono::steady_clock::now();
   for (auto _ : state) {
     switch (backend) {
       case bf16_backend::amx:
@@ -308,6 +327,10 @@ void instruction_rate(benchmark::State& state, bf16_backend backend) {
         flops_per_step = 12.0 * 32;
     }
   }
+  const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+  const double rate =
+      flops_per_step * rate_steps * static_cast<double>(state.iterations()) / seconds.count();
+  peak_of(backend) = std::max(peak_of(backend), rate);
   state.counters["GFLOP/s"] =
       benchmark::Counter(flops_per_step * rate_steps, benchmark::Counter::kIsIterationInvariantRate,
                          benchmark::Counter::kIs1000);
