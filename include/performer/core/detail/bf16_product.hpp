@@ -203,13 +203,14 @@ PERFORMER_BF16_TARGET inline void product_avx512(const lhs_view& a, const packed
 }
 #undef PERFORMER_BF16_TARGET
 
-/// AMX tile configuration (palette 1): tiles 0 to 3 hold a 32 x 32 block of sums, 4 and 5 two
-/// 16-row slices of the left operand, 6 and 7 two 16-column slices of the right one.
+/// AMX tile configuration (palette 1): tiles 0 to 7 of 16 rows x 64 bytes. The product uses 0 to 3
+/// for a 32 x 32 block of sums, 4 and 5 for two 16-row slices of the left operand, 6 and 7 for
+/// two 16-column slices of the right one.
 struct alignas(64) tile_config {
   std::uint8_t palette = 1, start_row = 0;
   std::uint8_t reserved[14] = {};
-  std::uint16_t bytes_per_row[16] = {};
-  std::uint8_t rows[16] = {};
+  std::uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
 #define PERFORMER_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
@@ -227,11 +228,7 @@ PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs
   thread_local aligned_buffer<float> scratch;
   panel.resize(static_cast<std::size_t>(edge * span));
   scratch.resize(static_cast<std::size_t>(edge * edge));
-  tile_config config;
-  for (int t = 0; t < 8; ++t) {
-    config.bytes_per_row[t] = 64;
-    config.rows[t] = 16;
-  }
+  const tile_config config;
   _tile_loadconfig(&config);
   const auto bytes = [](index_t n) { return static_cast<long>(n * 4); };
   for (index_t s0 = 0; s0 < b.tile_pairs(); s0 += span) {
