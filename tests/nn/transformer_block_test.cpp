@@ -211,7 +211,8 @@ TEST(TransformerBlock, PeakMemoryIsLinearInN) {
   // bounded here by 2 B M + B d_v + C^2 + 6 B scalars, B = 256, C = 32), Eigen's packing
   // buffers for the largest of the products a lane runs, whose size Eigen's blocking heuristic
   // sets from this CPU's caches (on a Xeon with 2 MiB of L2, 557 KB for the feed-forward's
-  // second product), and 256 KiB for smaller buffers (measured: 205 KB on one thread, 197 KB
+  // second product), and 256 KiB for smaller buffers (a one-off count with the counting
+  // allocator, outside the suite, found 205 KB beyond the terms above on one thread and 197 KB
   // more on two).
   const index_t lanes = performer::detail::lanes_for(n / ffn_rows);
   const auto packing = [&](index_t rows, index_t depth, index_t cols) {
