@@ -15,6 +15,7 @@
 #pragma once
 
 #include <performer/favor/favor_attention.hpp>
+#include <performer/favor/favor_bf16_attention.hpp>
 #include <performer/favor/favor_decoder.hpp>
 #include <performer/favor/favor_gradient.hpp>
 #include <performer/favor/features/elu_features.hpp>
@@ -56,6 +57,7 @@ extern template class performer::favor_attention<float, performer::trigonometric
 extern template class performer::favor_attention<float, performer::favor_plus_plus_features<float>>;
 extern template class performer::favor_decoder<float>;
 extern template struct performer::attention_gradient<performer::favor_attention<float>>;
+extern template class performer::favor_bf16_attention<>;
 
 // favor_double.cpp
 extern template class performer::favor_attention<double>;

@@ -59,6 +59,21 @@ concept differentiable_feature_map =
       { f.backward(w, x, w, log_scale, dphi, log_scale, dx) } -> std::same_as<void>;
     };
 
+/**
+ * @brief A feature map whose projection can be computed by someone else:
+ * `f.from_projection(x, phi, log_scale)` finishes apply() when phi (N x M, M = m) already holds
+ * x w^T, and leaves phi and log_scale as apply(w, x, phi, log_scale) would. The bfloat16 path
+ * (favor_bf16_attention) computes that product in bfloat16 and passes x rounded to bfloat16, so
+ * that the features are exact features of the rounded rows. O(N M) beyond the product.
+ */
+template <class F, class T>
+concept projected_feature_map =
+    feature_map<F, T> && static_cast<bool>(F::uses_projection) &&
+    requires(const F& f, const const_matrix_ref<T>& x, matrix_ref<T> phi,
+             Eigen::Ref<vector<T>> log_scale) {
+      { f.from_projection(x, phi, log_scale) } -> std::same_as<void>;
+    };
+
 namespace detail {
 
 /// Shape checks shared by the feature maps: O(1).

@@ -93,6 +93,42 @@ struct lhs_view {
   }
 };
 
+/// Rounds x[0, n) to bfloat16 in place (kept as floats) and writes them as n / 2 pairs, rounded
+/// up, to out: a row of a row-major left operand, zero after an odd n. Vectorises. O(n).
+inline void pack_row(float* x, index_t n, pair* out) noexcept {
+  for (index_t p = 0; p < n / 2; ++p) {
+    const std::uint16_t even = round(x[2 * p]), odd = round(x[2 * p + 1]);
+    x[2 * p] = widen(even);
+    x[2 * p + 1] = widen(odd);
+    out[p] = static_cast<pair>(even) | (static_cast<pair>(odd) << 16);
+  }
+  if (n % 2 != 0) {
+    const std::uint16_t last = round(x[n - 1]);
+    x[n - 1] = widen(last);
+    out[n / 2] = last;
+  }
+}
+
+/// out[i] = the pair (a[i] wa, b[i] wb), each rounded to bfloat16, for i < n; sum[i] += the two
+/// rounded values. Two rows of a pair-major left operand whose column sums are kept (b = nullptr:
+/// a zero second row). Vectorises. O(n).
+inline void pack_two_rows(const float* a, float wa, const float* b, float wb, index_t n,
+                          pair* out, float* sum) noexcept {
+  if (b == nullptr) {
+    for (index_t i = 0; i < n; ++i) {
+      const std::uint16_t even = round(a[i] * wa);
+      sum[i] += widen(even);
+      out[i] = even;
+    }
+    return;
+  }
+  for (index_t i = 0; i < n; ++i) {
+    const std::uint16_t even = round(a[i] * wa), odd = round(b[i] * wb);
+    sum[i] += widen(even) + widen(odd);
+    out[i] = static_cast<pair>(even) | (static_cast<pair>(odd) << 16);
+  }
+}
+
 /// A float with the subnormals flushed to a zero of the same sign (VDPBF16PS's FTZ and DAZ).
 [[nodiscard]] inline float flush(float x) noexcept {
   return std::fabs(x) < std::numeric_limits<float>::min() ? std::copysign(0.0f, x) : x;

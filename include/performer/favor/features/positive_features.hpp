@@ -23,11 +23,18 @@ struct positive_features {
   void apply(const const_matrix_ref<T>& w, const const_matrix_ref<T>& x, matrix_ref<T> phi,
              Eigen::Ref<vector<T>> log_scale) const {
     detail::check_feature_args<T>("positive_features::apply", true, w.rows(), w, x, phi, log_scale);
-    const T scale = detail::softmax_input_scale<T>(x.cols());
-    const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(w.rows()));
     // The scale is applied inside the exp (it is positive, so the row maximum is unchanged):
     // a scaled product expression would make Eigen allocate a temporary for one-row inputs.
     phi.noalias() = x * w.transpose();
+    from_projection(x, phi, log_scale);
+  }
+
+  /// apply() after its product: phi holds x w^T on entry, the features on return. The bfloat16
+  /// path (favor_bf16_attention) computes that product itself. O(N m) exponentials.
+  void from_projection(const const_matrix_ref<T>& x, matrix_ref<T> phi,
+                       Eigen::Ref<vector<T>> log_scale) const {
+    const T scale = detail::softmax_input_scale<T>(x.cols());
+    const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(phi.cols()));
     for (index_t i = 0; i < x.rows(); ++i) {
       const T top = phi.row(i).maxCoeff();
       phi.row(i) = ((phi.row(i).array() - top) * scale).exp() * inv_sqrt_m;
@@ -49,5 +56,6 @@ struct positive_features {
 
 static_assert(differentiable_feature_map<positive_features<float>, float>);
 static_assert(differentiable_feature_map<positive_features<double>, double>);
+static_assert(projected_feature_map<positive_features<float>, float>);
 
 }  // namespace performer

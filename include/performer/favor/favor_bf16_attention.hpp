@@ -1,0 +1,310 @@
+/// @file favor/favor_bf16_attention.hpp
+/// @brief FAVOR+ with bfloat16 operands and float sums: the three products of the bidirectional
+/// path (projection, key state, output) on AMX-BF16, AVX512-BF16 or portable C++, chosen at run
+/// time (docs/algorithms.md §10).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "../core/attention_mask.hpp"
+#include "../core/bfloat16.hpp"
+#include "../core/concepts.hpp"
+#include "../core/detail/bf16_product.hpp"
+#include "../core/detail/online_softmax.hpp"
+#include "../core/detail/parallel.hpp"
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+#include "../core/validate.hpp"
+#include "../random/projection.hpp"
+#include "feature_map.hpp"
+#include "features/positive_features.hpp"
+#include "state.hpp"
+
+namespace performer {
+
+/// Blocking, parallel layout and backend of favor_bf16_attention.
+struct favor_bf16_options {
+  /// Tokens mapped per block (B). Larger blocks feed the AMX tiles longer products; the lane's
+  /// scratch grows as B (d + 2 M + d_v) floats.
+  index_t block = 512;
+  /// Most segments the keys are split into, their states summed in a fixed order (as
+  /// favor_options::segments), and fewest tokens per segment.
+  index_t segments = 2;
+  index_t min_segment = 32768;
+  /// Which instructions run the products. `automatic` takes AMX, else AVX512-BF16, else the
+  /// portable code; the result's bits depend on which (AMX sums in an order of its own).
+  bf16_backend backend = bf16_backend::automatic;
+};
+
+/**
+ * @brief FAVOR+ attention whose products read bfloat16 and sum in float: the queries, keys and
+ * values are rounded to bfloat16, and the projection x W^T, the key state S = phi(K)^T V and the
+ * output phi(Q) [S z] take bfloat16 operands (key features weighted and rounded, the state
+ * rounded once per call); every sum, the normaliser z and the stabiliser stay in float.
+ *
+ * The features of a row are exact FAVOR+ features of the row as rounded (its norm is taken
+ * from the rounded values too), so the estimator stays positive and unbiased for the rounded
+ * inputs. den = phi(q) . z comes out of the same product as the numerator, so each output is a
+ * convex combination of the rounded values up to the rounding of [S z]. The values are scaled
+ * by a power of two into [1/2, 1) first (exact), so neither bfloat16's largest value nor its
+ * missing subnormals cut them. Rounding adds a relative error of about 2^-9 per operand, far
+ * below the random features' error at m = 256 (tests/favor/favor_bf16_attention_test.cpp,
+ * docs/algorithms.md §10).
+ *
+ * Bidirectional only: a causal mask throws (the causal bfloat16 path is not built yet).
+ * Results are the same bits on any thread count, for one backend; AMX's bits differ from the
+ * portable and AVX512-BF16 ones, which agree.
+ *
+ * Complexity (M = m features): time O(N m d + N M d_v), of which the products run in bfloat16;
+ * workspace independent of N: O(threads B (d + M + d_v) + segments M d_v + M (d + d_v)).
+ *
+ * @tparam FeatureMap a projected_feature_map (FAVOR+'s positive_features<float> by default).
+ * @tparam Sampler how projections are drawn.
+ */
+template <class FeatureMap = positive_features<float>,
+          projection_sampler Sampler = orthogonal_sampler>
+  requires projected_feature_map<FeatureMap, float>
+class favor_bf16_attention {
+ public:
+  using scalar_type = float;
+  using feature_map_type = FeatureMap;
+  using projection_type = random_projection<float, Sampler>;
+  using state_type = favor_state<float>;
+  static constexpr bool supports_causal = false;
+  static constexpr bool key_permutation_invariant = true;
+
+  /// One thread's scratch: B rows, never N.
+  struct lane_type {
+    row_matrix<float> rows;   ///< the block's inputs rounded to bfloat16 (B x d)
+    row_matrix<float> phi;    ///< projection, then features (B x M)
+    vector<float> log_scale;  ///< B
+    row_matrix<float> num;    ///< [num den], B x (d_v + 1)
+    detail::bf16::aligned_buffer<detail::bf16::pair> row_pairs, feature_pairs;
+    detail::bf16::packed_rhs values;  ///< the key block's values (B x d_v)
+  };
+
+  struct workspace_type {
+    std::vector<lane_type> lanes;
+    std::vector<state_type> states;
+    detail::bf16::packed_rhs projection;  ///< W^T (d x m), packed per call
+    detail::bf16::packed_rhs state;       ///< S (M x d_v), packed once the keys are summed
+  };
+
+  /**
+   * @param head_dim d. @param features m. @param seed seeds the projection draw.
+   * @throws performer::invalid_argument if head_dim, features or an option is not positive, or
+   * if options.backend names instructions this CPU or OS does not run.
+   */
+  explicit favor_bf16_attention(index_t head_dim, index_t features = 256, std::uint64_t seed = 0,
+                                FeatureMap map = {}, Sampler sampler = {},
+                                favor_bf16_options options = {})
+      : projection_(features, head_dim, seed, std::move(sampler)),
+        map_(std::move(map)),
+        options_(options) {
+    PERFORMER_PRECONDITION(options.block > 0 && options.segments > 0 && options.min_segment > 0,
+                           "favor_bf16_attention: block (", options.block, "), segments (",
+                           options.segments, ") and min_segment (", options.min_segment,
+                           ") must be positive");
+    options_.backend = bf16_resolve(options.backend);
+    PERFORMER_PRECONDITION(map_.feature_count(features, head_dim) == features,
+                           "favor_bf16_attention: the feature map must give one feature per "
+                           "projection (M = m)");
+  }
+
+  [[nodiscard]] const projection_type& projection() const noexcept { return projection_; }
+  [[nodiscard]] projection_type& projection() noexcept { return projection_; }
+  [[nodiscard]] const FeatureMap& feature_map() const noexcept { return map_; }
+  /// The options, with `backend` resolved to the one that runs.
+  [[nodiscard]] const favor_bf16_options& options() const noexcept { return options_; }
+  [[nodiscard]] index_t feature_count() const { return projection_.features(); }
+
+  /**
+   * @brief Bidirectional attention for one head (contract of attention_mechanism).
+   * @throws performer::invalid_argument on bad input (see check_attention_args), a causal mask,
+   * a head width other than the projection's, or a result that is not finite (inputs whose
+   * logits overflow float).
+   */
+  void forward(const const_matrix_ref<float>& q, const const_matrix_ref<float>& k,
+               const const_matrix_ref<float>& v, matrix_ref<float> out, const attention_mask& mask,
+               workspace_type& ws) const {
+    constexpr const char* who = "favor_bf16_attention::forward";
+    check_attention_args<float>(who, q, k, v, out, mask);
+    PERFORMER_PRECONDITION(!mask.causal, who,
+                           ": causal attention is not supported in bfloat16 yet (use "
+                           "favor_attention<float>)");
+    PERFORMER_PRECONDITION(q.cols() == projection_.dim(), who, ": q is ", detail::shape(q),
+                           " but the projection is for head width ", projection_.dim());
+    run(q, k, v, out, mask, ws);
+    PERFORMER_PRECONDITION(all_finite(out), who, detail::overflow_text);
+  }
+
+ private:
+  using pair = detail::bf16::pair;
+
+  /// forward() after its checks.
+  void run(const const_matrix_ref<float>& q, const const_matrix_ref<float>& k,
+           const const_matrix_ref<float>& v, matrix_ref<float> out, const attention_mask& mask,
+           workspace_type& ws) const;
+
+  /// Sizes the lane for `rows` rows and maps rows [r0, r0 + rows) of x: the rows rounded to
+  /// bfloat16, their projection on the packed W^T, then the feature map's exponentials.
+  void features_of(const const_matrix_ref<float>& x, index_t r0, index_t rows, lane_type& lane,
+                   const detail::bf16::packed_rhs& w) const;
+
+  /// The state of keys [begin, end), from zero: per block, the features weighted relative to
+  /// the running maximum of the log scales and rounded, as pairs of keys (the left operand of
+  /// S += phi(K)^T V), z summed from the same rounded values.
+  void key_state(const const_matrix_ref<float>& k, const const_matrix_ref<float>& v,
+                 double value_scale, const attention_mask& mask, index_t begin, index_t end,
+                 state_type& st, lane_type& lane, const detail::bf16::packed_rhs& w) const;
+
+  projection_type projection_;
+  FeatureMap map_;
+  favor_bf16_options options_;
+};
+
+static_assert(attention_mechanism<favor_bf16_attention<>>);
+
+template <class FeatureMap, projection_sampler Sampler>
+  requires projected_feature_map<FeatureMap, float>
+void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float>& q,
+                                                    const const_matrix_ref<float>& k,
+                                                    const const_matrix_ref<float>& v,
+                                                    matrix_ref<float> out,
+                                                    const attention_mask& mask,
+                                                    workspace_type& ws) const {
+  const index_t segments =
+      std::clamp<index_t>(k.rows() / options_.min_segment, 1, options_.segments);
+  const index_t query_blocks = (q.rows() + options_.block - 1) / options_.block;
+  const index_t lanes = std::max(detail::lanes_for(segments), detail::lanes_for(query_blocks));
+  if (ws.lanes.size() < static_cast<std::size_t>(lanes)) ws.lanes.resize(lanes);
+  for (auto& lane : ws.lanes) {
+    if (lane.num.rows() != options_.block || lane.num.cols() != v.cols() + 1) {
+      lane.num.resize(options_.block, v.cols() + 1);
+    }
+  }
+  if (ws.states.size() < static_cast<std::size_t>(segments)) ws.states.resize(segments);
+  // The values go into bfloat16 scaled by a power of two that brings the largest to [1/2, 1):
+  // exact, and values that would round past bfloat16's largest or fall below its smallest
+  // normal (VDPBF16PS and AMX read subnormals as zero) keep their size relative to the others.
+  const float v_max = v.cwiseAbs().maxCoeff();
+  const int v_exponent = v_max > 0.0f ? std::ilogb(v_max) + 1 : 0;
+  const double value_scale = std::ldexp(1.0, -v_exponent);
+  const auto& w = projection_.matrix();
+  ws.projection.assign(w.cols(), w.rows(), [&](index_t i, index_t j) { return w(j, i); });
+
+  detail::parallel_for(segments, [&](index_t s, index_t lane) {
+    key_state(k, v, value_scale, mask, k.rows() * s / segments, k.rows() * (s + 1) / segments,
+              ws.states[s], ws.lanes[lane], ws.projection);
+  });
+  state_type& total = ws.states[0];
+  for (index_t s = 1; s < segments; ++s) total.add(ws.states[s]);
+  // [S z]: den comes out of the same product as num, from the same rounded (and, below
+  // bfloat16's normal range, flushed) features and state, so num = 0 never meets den != 0.
+  const index_t d_v = v.cols();
+  ws.state.assign(total.sum.rows(), d_v + 1,
+                  [&](index_t i, index_t j) { return j < d_v ? total.sum(i, j) : total.norm(i); });
+  const double unscale = std::ldexp(1.0, v_exponent);
+  const index_t seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
+
+  detail::parallel_for(query_blocks, [&](index_t b, index_t lane_index) {
+    lane_type& lane = ws.lanes[lane_index];
+    const index_t q0 = b * options_.block;
+    const index_t rows = std::min(options_.block, q.rows() - q0);
+    features_of(q, q0, rows, lane, ws.projection);
+    // Rows of phi(Q) as pairs along the features.
+    const index_t row_pairs = (feature_count() + 1) / 2;
+    lane.feature_pairs.resize(static_cast<std::size_t>(rows * row_pairs));
+    for (index_t i = 0; i < rows; ++i) {
+      detail::bf16::pack_row(&lane.phi(i, 0), lane.phi.cols(),
+                             lane.feature_pairs.data() + i * row_pairs);
+    }
+    auto num = lane.num.topRows(rows);
+    num.setZero();
+    detail::bf16::product({lane.feature_pairs.data(), rows, row_pairs, 1}, ws.state, num.data(),
+                          num.cols(), options_.backend);
+    for (index_t r = 0; r < rows; ++r) {
+      auto row = out.row(q0 + r);
+      const float den = num(r, d_v);
+      if (den == 0.0f) {
+        // No visible key, or (for a query that sees one) every weight underflowed: NaN,
+        // which forward() reports.
+        row.setConstant(q0 + r < seeing ? 0.0f : std::numeric_limits<float>::quiet_NaN());
+      } else {
+        row =
+            ((num.row(r).head(d_v) / den).template cast<double>() * unscale).template cast<float>();
+      }
+    }
+  });
+}
+
+template <class FeatureMap, projection_sampler Sampler>
+  requires projected_feature_map<FeatureMap, float>
+void favor_bf16_attention<FeatureMap, Sampler>::features_of(
+    const const_matrix_ref<float>& x, index_t r0, index_t rows, lane_type& lane,
+    const detail::bf16::packed_rhs& w) const {
+  const index_t d = x.cols();
+  const index_t m = feature_count();
+  const index_t row_pairs = (d + 1) / 2;
+  if (lane.phi.rows() < options_.block || lane.phi.cols() != m) {
+    lane.phi.resize(options_.block, m);
+    lane.log_scale.resize(options_.block);
+  }
+  if (lane.rows.rows() < options_.block || lane.rows.cols() != d) {
+    lane.rows.resize(options_.block, d);
+  }
+  lane.row_pairs.resize(static_cast<std::size_t>(options_.block * row_pairs));
+  lane.rows.topRows(rows) = x.middleRows(r0, rows);
+  for (index_t i = 0; i < rows; ++i) {
+    detail::bf16::pack_row(&lane.rows(i, 0), d, lane.row_pairs.data() + i * row_pairs);
+  }
+  auto phi = lane.phi.topRows(rows);
+  phi.setZero();
+  detail::bf16::product({lane.row_pairs.data(), rows, row_pairs, 1}, w, phi.data(), m,
+                        options_.backend);
+  map_.from_projection(lane.rows.topRows(rows), phi, lane.log_scale.head(rows));
+}
+
+template <class FeatureMap, projection_sampler Sampler>
+  requires projected_feature_map<FeatureMap, float>
+void favor_bf16_attention<FeatureMap, Sampler>::key_state(
+    const const_matrix_ref<float>& k, const const_matrix_ref<float>& v, double value_scale,
+    const attention_mask& mask, index_t begin, index_t end, state_type& st, lane_type& lane,
+    const detail::bf16::packed_rhs& w) const {
+  const index_t m = feature_count();
+  const index_t d_v = v.cols();
+  st.reset(m, d_v);
+  for (index_t k0 = begin; k0 < end; k0 += options_.block) {
+    const index_t rows = std::min(options_.block, end - k0);
+    features_of(k, k0, rows, lane, w);
+    for (index_t j = 0; j < rows; ++j) {
+      if (!mask.keeps(static_cast<std::size_t>(k0 + j))) {
+        lane.log_scale(j) = -std::numeric_limits<float>::infinity();
+      }
+    }
+    const float block_max = lane.log_scale.head(rows).maxCoeff();
+    if (block_max == -std::numeric_limits<float>::infinity()) continue;  // all padding
+    st.raise(block_max);
+    const index_t key_pairs = (rows + 1) / 2;
+    lane.feature_pairs.resize(static_cast<std::size_t>(key_pairs * m));
+    for (index_t p = 0; p < key_pairs; ++p) {
+      const bool odd = 2 * p + 1 < rows;
+      detail::bf16::pack_two_rows(
+          &lane.phi(2 * p, 0), detail::shifted_exp(lane.log_scale(2 * p), st.shift),
+          odd ? &lane.phi(2 * p + 1, 0) : nullptr,
+          odd ? detail::shifted_exp(lane.log_scale(2 * p + 1), st.shift) : 0.0f, m,
+          lane.feature_pairs.data() + p * m, st.norm.data());
+    }
+    lane.values.assign(rows, d_v, [&](index_t j, index_t c) {
+      return static_cast<float>(static_cast<double>(v(k0 + j, c)) * value_scale);
+    });
+    detail::bf16::product({lane.feature_pairs.data(), m, 1, m}, lane.values, st.sum.data(), d_v,
+                          options_.backend);
+  }
+}
+
+}  // namespace performer

@@ -1,0 +1,194 @@
+// Covers performer/favor/favor_bf16_attention.hpp: the reusable suites (conformance, bad
+// input, determinism, extreme values' contract) on the portable backend and on the one this CPU
+// picks; its error against exact attention in double next to float FAVOR+'s with the same
+// projection; a bound on its distance from float FAVOR+ run on the same rounded inputs; the
+// backends against each other (the fast ones report themselves skipped where the CPU lacks them).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <performer/favor/favor_attention.hpp>
+#include <performer/favor/favor_bf16_attention.hpp>
+#include <performer/softmax/softmax_attention.hpp>
+#include <performer/testing/bad_input.hpp>
+#include <performer/testing/conformance.hpp>
+#include <performer/testing/determinism.hpp>
+#include <performer/testing/extreme_values.hpp>
+#include <performer/testing/helpers.hpp>
+
+namespace performer::test {
+// Named as well as anonymous: the unity build compiles several test files as one.
+namespace favor_bf16_attention_test {
+namespace {
+
+using bf16_favor = favor_bf16_attention<>;
+
+/// Blocks of 7 tokens and segments of at least 4: the suites' short sequences are cut into
+/// ragged blocks and split into segments, as long ones are.
+template <bf16_backend Backend>
+struct bf16_maker {
+  using attention_type = bf16_favor;
+  static constexpr std::string_view forward_name = "favor_bf16_attention::forward";
+  static constexpr bool fixed_head_width = true;
+  // Invariances that re-block the keys (padding, permutation) change each key's weight
+  // relative to its block's maximum before it is rounded, so results move by a few units of
+  // bfloat16's 2^-9, not float's: 5 2^-9 of the values' size bounds it (see
+  // StaysWithinTheRoundingBoundOfFloatFavor), 1e-2 with float's slack.
+  static constexpr double tolerance = 1e-2;
+  static attention_type make(index_t head_dim) {
+    return attention_type(head_dim, 64, /*seed=*/7, {}, {},
+                          {.block = 7, .segments = 2, .min_segment = 4, .backend = Backend});
+  }
+  static std::vector<conformance::overflow_input<float>> overflow_inputs(attention_type& /*a*/,
+                                                                         index_t head_dim,
+                                                                         index_t d_v) {
+    return conformance::logit_overflow_inputs<float>(head_dim, d_v);
+  }
+};
+
+using bf16_makers =
+    ::testing::Types<bf16_maker<bf16_backend::portable>, bf16_maker<bf16_backend::automatic>>;
+
+/// Entries of unit variance (uniform on [-sqrt 3, sqrt 3)): logits q.k / sqrt(d) of unit
+/// spread, so attention is neither uniform nor one-hot.
+row_matrix<float> unit_variance(index_t n, index_t d, std::uint64_t seed) {
+  return conformance::random_matrix<float>(n, d, seed, 0.5);
+}
+
+/// Relative Frobenius error of out against the double reference.
+double error_against(const row_matrix<float>& out, const row_matrix<double>& exact) {
+  return (out.cast<double>() - exact).norm() / exact.norm();
+}
+
+template <class A>
+row_matrix<float> run(const A& a, const row_matrix<float>& q, const row_matrix<float>& k,
+                      const row_matrix<float>& v) {
+  typename A::workspace_type ws;
+  row_matrix<float> out(q.rows(), v.cols());
+  a.forward(q, k, v, out, {}, ws);
+  return out;
+}
+
+/// x rounded to bfloat16, elementwise.
+row_matrix<float> rounded(const row_matrix<float>& x) {
+  return x.unaryExpr([](float e) { return detail::bf16::widen(detail::bf16::round(e)); });
+}
+
+void skip_unless_available(bf16_backend b) {
+  if (!bf16_available(b)) {
+    GTEST_SKIP() << "this CPU or OS does not run bf16_backend::" << bf16_name(b);
+  }
+}
+
+constexpr index_t n = 1024, d = 64, m = 256;
+
+class FavorBf16 : public ::testing::TestWithParam<bf16_backend> {};
+
+// The target: bfloat16's error against exact attention within 0.005 of float's, at m =
+// 256, both with the projection of one seed.
+TEST_P(FavorBf16, ErrorAgainstExactIsWithinHalfAPercentOfFloats) {
+  skip_unless_available(GetParam());
+  const auto q = unit_variance(n, d, 1), k = unit_variance(n, d, 2), v = unit_variance(n, d, 3);
+  row_matrix<double> exact(n, d);
+  softmax_attention<double>::workspace_type sws;
+  softmax_attention<double>{}.forward(q.cast<double>(), k.cast<double>(), v.cast<double>(), exact,
+                                      {}, sws);
+  const double float_error = error_against(run(favor_attention<float>(d, m, 5), q, k, v), exact);
+  const double bf16_error =
+      error_against(run(bf16_favor(d, m, 5, {}, {}, {.backend = GetParam()}), q, k, v), exact);
+  EXPECT_LE(std::abs(bf16_error - float_error), 0.005)
+      << "float " << float_error << ", bfloat16 " << bf16_error;
+  EXPECT_LT(float_error, 0.5) << "the reference comparison is meaningless";
+}
+
+// Float FAVOR+ on the same rounded q, k, v and W computes the same estimator; what differs is
+// the rounding of the weighted key features, the query features and the state S. Each moves a
+// term of num by at most 2^-9 of |phi(q)| |phi(k)| |v| and den likewise, so every output is
+// within 2 (2^-9 + 2^-9 + 2^-9) max|v| < 5 2^-9 max|v| plus float's own rounding.
+TEST_P(FavorBf16, StaysWithinTheRoundingBoundOfFloatFavor) {
+  skip_unless_available(GetParam());
+  const auto q = rounded(unit_variance(n, d, 1)), k = rounded(unit_variance(n, d, 2)),
+             v = rounded(unit_variance(n, d, 3));
+  bf16_favor a(d, m, 5, {}, {}, {.block = 100, .backend = GetParam()});
+  favor_attention<float> f(d, m, 5);
+  f.projection().set_matrix(rounded(f.projection().matrix()));
+  const row_matrix<float> ours = run(a, q, k, v), theirs = run(f, q, k, v);
+  const double bound = 5.0 * std::ldexp(1.0, -9) * v.cwiseAbs().maxCoeff();
+  const double worst = (ours - theirs).cwiseAbs().maxCoeff();
+  EXPECT_LE(worst, bound);
+  // Rounding must show: an implementation that kept float features would pass the bound
+  // trivially, and so would this test of it.
+  EXPECT_GT(worst, 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, FavorBf16,
+                         ::testing::Values(bf16_backend::portable, bf16_backend::avx512_bf16,
+                                           bf16_backend::amx),
+                         [](const auto& info) { return std::string(bf16_name(info.param)); });
+
+// AVX512-BF16 sums in the portable code's order: the same bits.
+TEST(FavorBf16Backends, Avx512Bf16GivesThePortableBits) {
+  skip_unless_available(bf16_backend::avx512_bf16);
+  const auto q = unit_variance(300, d, 1), k = unit_variance(500, d, 2),
+             v = unit_variance(500, 40, 3);
+  const auto portable =
+      run(bf16_favor(d, m, 5, {}, {}, {.backend = bf16_backend::portable}), q, k, v);
+  const auto fast =
+      run(bf16_favor(d, m, 5, {}, {}, {.backend = bf16_backend::avx512_bf16}), q, k, v);
+  EXPECT_TRUE(portable == fast);
+}
+
+// AMX sums in an order of its own: the same estimate within float rounding of the products.
+TEST(FavorBf16Backends, AmxMatchesPortableWithinFloatRounding) {
+  skip_unless_available(bf16_backend::amx);
+  const auto q = unit_variance(300, d, 1), k = unit_variance(500, d, 2),
+             v = unit_variance(500, 40, 3);
+  const auto portable =
+      run(bf16_favor(d, m, 5, {}, {}, {.backend = bf16_backend::portable}), q, k, v);
+  const auto amx = run(bf16_favor(d, m, 5, {}, {}, {.backend = bf16_backend::amx}), q, k, v);
+  // Both are within StaysWithinTheRoundingBoundOfFloatFavor's 5 2^-9 max|v| of float FAVOR+
+  // on the rounded inputs, so within twice that of each other; an AMX tile that summed the
+  // wrong operands would be off by the values' size.
+  EXPECT_LE((portable - amx).cwiseAbs().maxCoeff(),
+            10.0 * std::ldexp(1.0, -9) * v.cwiseAbs().maxCoeff());
+  EXPECT_FALSE(portable == amx) << "AMX's own summation order should show in some bits";
+}
+
+TEST(FavorBf16Backends, UnavailableBackendIsRefusedAtConstruction) {
+  for (const bf16_backend b : {bf16_backend::avx512_bf16, bf16_backend::amx}) {
+    if (bf16_available(b)) {
+      EXPECT_EQ(bf16_favor(d, m, 5, {}, {}, {.backend = b}).options().backend, b);
+    } else {
+      PERFORMER_EXPECT_INVALID("bf16_backend::", "does not run it",
+                               bf16_favor(d, m, 5, {}, {}, {.backend = b}));
+    }
+  }
+  EXPECT_EQ(bf16_favor(d, m).options().backend, bf16_resolve(bf16_backend::automatic));
+}
+
+TEST(FavorBf16BadInput, RefusesCausalAndBadOptions) {
+  const bf16_favor a(d, 16);
+  bf16_favor::workspace_type ws;
+  const auto x = unit_variance(8, d, 1);
+  row_matrix<float> out(8, d);
+  PERFORMER_EXPECT_INVALID("favor_bf16_attention::forward", "causal attention is not supported",
+                           a.forward(x, x, x, out, {true, {}}, ws));
+  PERFORMER_EXPECT_INVALID("favor_bf16_attention", "block (0)",
+                           bf16_favor(d, 16, 0, {}, {}, {.block = 0}));
+  PERFORMER_EXPECT_INVALID("favor_bf16_attention", "segments (0)",
+                           bf16_favor(d, 16, 0, {}, {}, {.segments = 0}));
+}
+
+}  // namespace
+}  // namespace favor_bf16_attention_test
+}  // namespace performer::test
+
+namespace performer::conformance {
+using performer::test::favor_bf16_attention_test::bf16_makers;
+INSTANTIATE_TYPED_TEST_SUITE_P(favor_bf16, attention_conformance, bf16_makers);
+INSTANTIATE_TYPED_TEST_SUITE_P(favor_bf16, attention_bad_input, bf16_makers);
+INSTANTIATE_TYPED_TEST_SUITE_P(favor_bf16, attention_determinism, bf16_makers);
+INSTANTIATE_TYPED_TEST_SUITE_P(favor_bf16, attention_extreme_values, bf16_makers);
+}  // namespace performer::conformance
