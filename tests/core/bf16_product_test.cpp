@@ -197,6 +197,58 @@ TEST(Bf16Product, Avx512Bf16GivesThePortableBits) {
   }
 }
 
+// accumulate = false: c = a b whatever c held (NaN here), the same bits as adding to zeros;
+// the columns past b.cols untouched; an empty depth gives zeros.
+TEST(Bf16Product, OverwritesWithoutAccumulate) {
+  for (const bf16_backend backend :
+       {bf16_backend::portable, bf16_backend::avx512_bf16, bf16_backend::amx}) {
+    if (!bf16_available(backend)) continue;  // the backend's own tests report the skip
+    unsigned seed = 200;
+    for (const problem& s : shapes) {
+      const operands ops(s, seed++);
+      std::vector<float> from_zero(ops.c_start.size(), 0.0f);
+      detail::bf16::product(ops.lhs(), ops.b, from_zero.data(), ops.ldc, backend);
+      std::vector<float> c(ops.c_start.size(), std::numeric_limits<float>::quiet_NaN());
+      detail::bf16::product(ops.lhs(), ops.b, c.data(), ops.ldc, backend, false);
+      for (std::size_t at = 0; at < c.size(); ++at) {
+        if (static_cast<index_t>(at) % ops.ldc < s.cols) {
+          ASSERT_EQ(std::bit_cast<std::uint32_t>(c[at]),
+                    std::bit_cast<std::uint32_t>(from_zero[at]))
+              << bf16_name(backend) << ": rows " << s.rows << " depth " << s.depth << " at " << at;
+        } else {
+          ASSERT_TRUE(std::isnan(c[at])) << bf16_name(backend) << ": wrote past b.cols at " << at;
+        }
+      }
+    }
+    packed_rhs empty;
+    empty.assign(0, 3, [](index_t, index_t) { return 1.0f; });
+    const pair a = 0;
+    std::vector<float> c(3, std::numeric_limits<float>::quiet_NaN());
+    detail::bf16::product(lhs_view{&a, 1, 1, 1}, empty, c.data(), 3, backend, false);
+    EXPECT_EQ(c, std::vector<float>(3, 0.0f)) << bf16_name(backend);
+  }
+}
+
+// The packing helpers against pack(): rows of odd length get a zero high half; the pairs of two
+// rows carry the weighted, rounded values, and their sums the same rounded values.
+TEST(Bf16Packing, RowsAndPairsOfRowsMatchPack) {
+  const std::vector<float> x{1.0f, 1.00390625f, -3.3f, 1e-39f, 7.77f};  // a tie, a subnormal
+  std::vector<pair> row(3);
+  detail::bf16::pack_row(x.data(), 5, row.data());
+  EXPECT_EQ(row, (std::vector<pair>{detail::bf16::pack(x[0], x[1]), detail::bf16::pack(x[2], x[3]),
+                                    detail::bf16::pack(x[4], 0.0f)}));
+  const std::vector<float> y{2.0f, -0.1f, 5.0f, 3e38f, 0.3f};
+  std::vector<pair> pairs(5);
+  std::vector<float> sums(5, 1.0f);
+  detail::bf16::pack_two_rows(x.data(), 0.5f, y.data(), 0.25f, 5, pairs.data(), sums.data());
+  for (std::size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(pairs[i], detail::bf16::pack(x[i] * 0.5f, y[i] * 0.25f)) << i;
+    EXPECT_EQ(sums[i], 1.0f + (widen(round(x[i] * 0.5f)) + widen(round(y[i] * 0.25f)))) << i;
+  }
+  detail::bf16::pack_two_rows(x.data(), 2.0f, nullptr, 0.0f, 5, pairs.data(), sums.data());
+  for (std::size_t i = 0; i < 5; ++i) EXPECT_EQ(pairs[i], detail::bf16::pack(x[i] * 2.0f, 0.0f));
+}
+
 TEST(Bf16Backend, ResolvesToWhatTheCpuRuns) {
   EXPECT_EQ(bf16_resolve(bf16_backend::portable), bf16_backend::portable);
   const bf16_backend fastest = bf16_available(bf16_backend::amx) ? bf16_backend::amx

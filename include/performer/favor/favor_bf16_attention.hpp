@@ -224,9 +224,8 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
                              lane.feature_pairs.data() + i * row_pairs);
     }
     auto num = lane.num.topRows(rows);
-    num.setZero();
     detail::bf16::product({lane.feature_pairs.data(), rows, row_pairs, 1}, ws.state, num.data(),
-                          num.cols(), options_.backend);
+                          num.cols(), options_.backend, /*accumulate=*/false);
     for (index_t r = 0; r < rows; ++r) {
       auto row = out.row(q0 + r);
       const float den = num(r, d_v);
@@ -235,8 +234,16 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
         // which forward() reports.
         row.setConstant(q0 + r < seeing ? 0.0f : std::numeric_limits<float>::quiet_NaN());
       } else {
-        row =
-            ((num.row(r).head(d_v) / den).template cast<double>() * unscale).template cast<float>();
+        row = num.row(r).head(d_v) / den;
+        if (v_exponent != 0) {
+          // 2^e is a float unless the values reach 2^127 (exact either way, to the result's
+          // own rounding at the edges of float's range).
+          if (std::abs(v_exponent) < 127) {
+            row *= static_cast<float>(unscale);
+          } else {
+            row = (row.template cast<double>() * unscale).template cast<float>();
+          }
+        }
       }
     }
   });
@@ -258,14 +265,15 @@ void favor_bf16_attention<FeatureMap, Sampler>::features_of(
     lane.rows.resize(options_.block, d);
   }
   lane.row_pairs.resize(static_cast<std::size_t>(options_.block * row_pairs));
-  lane.rows.topRows(rows) = x.middleRows(r0, rows);
+  // The rows as rounded: the feature map takes their norms from the values the product sees.
+  lane.rows.topRows(rows) = x.middleRows(r0, rows).unaryExpr(
+      [](float e) { return detail::bf16::widen(detail::bf16::round(e)); });
   for (index_t i = 0; i < rows; ++i) {
     detail::bf16::pack_row(&lane.rows(i, 0), d, lane.row_pairs.data() + i * row_pairs);
   }
   auto phi = lane.phi.topRows(rows);
-  phi.setZero();
   detail::bf16::product({lane.row_pairs.data(), rows, row_pairs, 1}, w, phi.data(), m,
-                        options_.backend);
+                        options_.backend, /*accumulate=*/false);
   map_.from_projection(lane.rows.topRows(rows), phi, lane.log_scale.head(rows));
 }
 

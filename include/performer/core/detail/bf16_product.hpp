@@ -93,27 +93,20 @@ struct lhs_view {
   }
 };
 
-/// Rounds x[0, n) to bfloat16 in place (kept as floats) and writes them as n / 2 pairs, rounded
-/// up, to out: a row of a row-major left operand, zero after an odd n. Vectorises. O(n).
-inline void pack_row(float* x, index_t n, pair* out) noexcept {
+/// x[0, n) rounded to bfloat16 as n / 2 pairs, rounded up, in out: a row of a row-major left
+/// operand, zero after an odd n. Vectorises. O(n).
+inline void pack_row(const float* x, index_t n, pair* out) noexcept {
   for (index_t p = 0; p < n / 2; ++p) {
-    const std::uint16_t even = round(x[2 * p]), odd = round(x[2 * p + 1]);
-    x[2 * p] = widen(even);
-    x[2 * p + 1] = widen(odd);
-    out[p] = static_cast<pair>(even) | (static_cast<pair>(odd) << 16);
+    out[p] = static_cast<pair>(round(x[2 * p])) | (static_cast<pair>(round(x[2 * p + 1])) << 16);
   }
-  if (n % 2 != 0) {
-    const std::uint16_t last = round(x[n - 1]);
-    x[n - 1] = widen(last);
-    out[n / 2] = last;
-  }
+  if (n % 2 != 0) out[n / 2] = round(x[n - 1]);
 }
 
 /// out[i] = the pair (a[i] wa, b[i] wb), each rounded to bfloat16, for i < n; sum[i] += the two
 /// rounded values. Two rows of a pair-major left operand whose column sums are kept (b = nullptr:
 /// a zero second row). Vectorises. O(n).
-inline void pack_two_rows(const float* a, float wa, const float* b, float wb, index_t n,
-                          pair* out, float* sum) noexcept {
+inline void pack_two_rows(const float* a, float wa, const float* b, float wb, index_t n, pair* out,
+                          float* sum) noexcept {
   if (b == nullptr) {
     for (index_t i = 0; i < n; ++i) {
       const std::uint16_t even = round(a[i] * wa);
@@ -134,10 +127,15 @@ inline void pack_two_rows(const float* a, float wa, const float* b, float wb, in
   return std::fabs(x) < std::numeric_limits<float>::min() ? std::copysign(0.0f, x) : x;
 }
 
-/// c (rows x b.cols, row-major, leading dimension ldc) += a b, in standard C++. The pairs go
-/// in the outer loop, so each row of b is widened once; every sum still takes its pairs in order.
-inline void product_portable(const lhs_view& a, const packed_rhs& b, float* c, index_t ldc) {
+/// c (rows x b.cols, row-major, leading dimension ldc) += a b (= a b without `accumulate`), in
+/// standard C++. The pairs go in the outer loop, so each row of b is widened once; every sum
+/// still takes its pairs in order.
+inline void product_portable(const lhs_view& a, const packed_rhs& b, float* c, index_t ldc,
+                             bool accumulate = true) {
   const index_t cols = b.cols;
+  if (!accumulate) {
+    for (index_t i = 0; i < a.rows; ++i) std::fill_n(c + i * ldc, cols, 0.0f);
+  }
   std::vector<float> odd_values(static_cast<std::size_t>(cols)), even_values(odd_values.size());
   float* odd = odd_values.data();
   float* even = even_values.data();
@@ -164,11 +162,11 @@ inline void product_portable(const lhs_view& a, const packed_rhs& b, float* c, i
 
 /// The pairs [p0, p1) of rows [i0, i0 + R) and column registers [t0, t0 + T) of c += a b;
 /// `last` masks the final register's columns when it passes b.cols. R T sums stay in registers
-/// across the pairs.
+/// across the pairs; they start from c, or from zero when `from_zero`.
 template <std::size_t R, std::size_t T>
 PERFORMER_BF16_TARGET inline void product_tile(const lhs_view& a, const packed_rhs& b, float* c,
                                                index_t ldc, index_t i0, index_t t0, index_t p0,
-                                               index_t p1, __mmask16 last) {
+                                               index_t p1, __mmask16 last, bool from_zero) {
   __m512 sum[R][T];
   const auto mask = [&](std::size_t t) {
     return t == T - 1 ? last : static_cast<__mmask16>(0xFFFF);
@@ -177,7 +175,9 @@ PERFORMER_BF16_TARGET inline void product_tile(const lhs_view& a, const packed_r
     return c + (i0 + static_cast<index_t>(r)) * ldc + 16 * (t0 + static_cast<index_t>(t));
   };
   for (std::size_t r = 0; r < R; ++r) {
-    for (std::size_t t = 0; t < T; ++t) sum[r][t] = _mm512_maskz_loadu_ps(mask(t), at(r, t));
+    for (std::size_t t = 0; t < T; ++t) {
+      sum[r][t] = from_zero ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask(t), at(r, t));
+    }
   }
   for (index_t p = p0; p < p1; ++p) {
     const pair* row = b.row(p) + 16 * t0;
@@ -200,38 +200,42 @@ PERFORMER_BF16_TARGET inline void product_tile(const lhs_view& a, const packed_r
 /// go through c between spans, which leaves every addition and its order as they were.
 template <std::size_t T>
 PERFORMER_BF16_TARGET inline void product_columns(const lhs_view& a, const packed_rhs& b, float* c,
-                                                  index_t ldc, index_t t0, __mmask16 last) {
+                                                  index_t ldc, index_t t0, __mmask16 last,
+                                                  bool accumulate) {
   constexpr std::size_t R = 6;
   constexpr auto rows = static_cast<index_t>(R);
   constexpr index_t span = 128;
   for (index_t p0 = 0; p0 < b.depth_pairs(); p0 += span) {
     const index_t p1 = std::min(p0 + span, b.depth_pairs());
+    const bool from_zero = p0 == 0 && !accumulate;
     index_t i = 0;
-    for (; i + rows <= a.rows; i += rows) product_tile<R, T>(a, b, c, ldc, i, t0, p0, p1, last);
-    for (; i < a.rows; ++i) product_tile<1, T>(a, b, c, ldc, i, t0, p0, p1, last);
+    for (; i + rows <= a.rows; i += rows) {
+      product_tile<R, T>(a, b, c, ldc, i, t0, p0, p1, last, from_zero);
+    }
+    for (; i < a.rows; ++i) product_tile<1, T>(a, b, c, ldc, i, t0, p0, p1, last, from_zero);
   }
 }
 
 PERFORMER_BF16_TARGET inline void product_avx512(const lhs_view& a, const packed_rhs& b, float* c,
-                                                 index_t ldc) {
+                                                 index_t ldc, bool accumulate = true) {
   const index_t registers = b.stride / 16;
   const index_t tail = b.cols - 16 * (registers - 1);  // columns in the last register, 1..16
   const auto full = static_cast<__mmask16>(0xFFFF);
   const auto last = static_cast<__mmask16>((1u << tail) - 1u);
   index_t t = 0;
-  for (; t + 4 < registers; t += 4) product_columns<4>(a, b, c, ldc, t, full);
+  for (; t + 4 < registers; t += 4) product_columns<4>(a, b, c, ldc, t, full, accumulate);
   switch (registers - t) {
     case 4:
-      product_columns<4>(a, b, c, ldc, t, last);
+      product_columns<4>(a, b, c, ldc, t, last, accumulate);
       break;
     case 3:
-      product_columns<3>(a, b, c, ldc, t, last);
+      product_columns<3>(a, b, c, ldc, t, last, accumulate);
       break;
     case 2:
-      product_columns<2>(a, b, c, ldc, t, last);
+      product_columns<2>(a, b, c, ldc, t, last, accumulate);
       break;
     case 1:
-      product_columns<1>(a, b, c, ldc, t, last);
+      product_columns<1>(a, b, c, ldc, t, last, accumulate);
       break;
     default:
       break;
@@ -258,7 +262,7 @@ struct alignas(64) tile_config {
 /// time, into a zero-padded panel (a tile row must be 64 contiguous bytes); blocks of c on the
 /// edges go through a 32 x 32 scratch block. Allocates those two buffers once per thread.
 PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs& b, float* c,
-                                             index_t ldc) {
+                                             index_t ldc, bool accumulate = true) {
   constexpr index_t edge = 32, span = 128;
   thread_local aligned_buffer<pair> panel;
   thread_local aligned_buffer<float> scratch;
@@ -270,12 +274,22 @@ PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs
   for (index_t s0 = 0; s0 < b.tile_pairs(); s0 += span) {
     const index_t width = std::min(span, b.tile_pairs() - s0);  // a multiple of 16
     const index_t filled = std::min(width, b.depth_pairs() - s0);
+    const bool from_zero = s0 == 0 && !accumulate;
     for (index_t i0 = 0; i0 < a.rows; i0 += edge) {
       const index_t rows = std::min(edge, a.rows - i0);
-      std::fill(panel.begin(), panel.end(), pair{0});
-      for (index_t r = 0; r < rows; ++r) {
+      // Zeros only where the copy leaves the panel's rows short: past the depth or the rows.
+      if (rows < edge || filled < width) {
+        std::fill_n(panel.begin(), edge * width, pair{0});
+      }
+      // Along whichever of a's steps is 1: the other order reads a cache line per pair.
+      if (a.pair_step == 1) {
+        for (index_t r = 0; r < rows; ++r) {
+          std::copy_n(&a.data[(i0 + r) * a.row_step + s0], filled, &panel[r * width]);
+        }
+      } else {
         for (index_t p = 0; p < filled; ++p) {
-          panel[static_cast<std::size_t>(r * width + p)] = a.at(i0 + r, s0 + p);
+          const pair* from = &a.data[i0 * a.row_step + (s0 + p) * a.pair_step];
+          for (index_t r = 0; r < rows; ++r) panel[r * width + p] = from[r * a.row_step];
         }
       }
       for (index_t j0 = 0; j0 < b.cols; j0 += edge) {
@@ -285,14 +299,21 @@ PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs
         const index_t ld = inside ? ldc : edge;
         if (!inside) {
           std::fill(scratch.begin(), scratch.end(), 0.0f);
-          for (index_t r = 0; r < rows; ++r) {
+          for (index_t r = 0; r < rows && !from_zero; ++r) {
             std::copy_n(c + (i0 + r) * ldc + j0, cols, block + r * ld);
           }
         }
-        _tile_loadd(0, block, bytes(ld));
-        _tile_loadd(1, block + 16, bytes(ld));
-        _tile_loadd(2, block + 16 * ld, bytes(ld));
-        _tile_loadd(3, block + 16 * ld + 16, bytes(ld));
+        if (from_zero) {
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+        } else {
+          _tile_loadd(0, block, bytes(ld));
+          _tile_loadd(1, block + 16, bytes(ld));
+          _tile_loadd(2, block + 16 * ld, bytes(ld));
+          _tile_loadd(3, block + 16 * ld + 16, bytes(ld));
+        }
         for (index_t p0 = 0; p0 < width; p0 += 16) {
           _tile_loadd(4, panel.data() + p0, bytes(width));
           _tile_loadd(5, panel.data() + 16 * width + p0, bytes(width));
@@ -321,19 +342,24 @@ PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs
 #endif
 
 /// c (a.rows x b.cols floats, row-major, leading dimension ldc >= b.cols) += a b, a being
-/// a.rows x b.depth. Time O(rows depth cols). The portable backend allocates two rows of b.cols
-/// floats per call, amx two buffers once per thread, avx512_bf16 nothing.
+/// a.rows x b.depth; without `accumulate`, c = a b (c's old contents are not read, so they need
+/// not be initialised). Time O(rows depth cols). The portable backend allocates two rows of
+/// b.cols floats per call, amx two buffers once per thread, avx512_bf16 nothing.
 /// @throws performer::invalid_argument if the CPU or OS does not run the requested backend.
 inline void product(const lhs_view& a, const packed_rhs& b, float* c, index_t ldc,
-                    bf16_backend backend = bf16_backend::automatic) {
+                    bf16_backend backend = bf16_backend::automatic, bool accumulate = true) {
   if (a.rows == 0 || b.cols == 0) return;
+  if (b.depth_pairs() == 0) {  // an empty sum: the kernels' span loops would not run
+    for (index_t i = 0; i < a.rows && !accumulate; ++i) std::fill_n(c + i * ldc, b.cols, 0.0f);
+    return;
+  }
 #ifdef PERFORMER_BF16_X86
   switch (bf16_resolve(backend)) {
     case bf16_backend::avx512_bf16:
-      product_avx512(a, b, c, ldc);
+      product_avx512(a, b, c, ldc, accumulate);
       return;
     case bf16_backend::amx:
-      product_amx(a, b, c, ldc);
+      product_amx(a, b, c, ldc, accumulate);
       return;
     default:
       break;
@@ -341,7 +367,7 @@ inline void product(const lhs_view& a, const packed_rhs& b, float* c, index_t ld
 #else
   (void)bf16_resolve(backend);
 #endif
-  product_portable(a, b, c, ldc);
+  product_portable(a, b, c, ldc, accumulate);
 }
 
 }  // namespace performer::detail::bf16

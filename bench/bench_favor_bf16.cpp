@@ -1,0 +1,67 @@
+// FAVOR+ bidirectional in float (favor_attention<float>) against bfloat16 (favor_bf16_attention)
+// on each backend this CPU runs (the others reported as skipped, with the reason), one head,
+// d = d_v = 64, m = 256, N = 16,384 and 1,048,576, the harness's inputs (bench/workloads.hpp:
+// q and k uniform in [-0.5, 0.5], v in [-1, 1]). Counters: "rel_err" (against exact attention
+// in double on 64 sampled rows, as bench_attention's), "GFLOP" (a rate: the products' 2 N m (2 d + 2 d_v + 1)
+// flops per call: queries' and keys' projections, key state, output with its normaliser). The threads are OpenMP's: run it with OMP_NUM_THREADS=1 and 2.
+//   OMP_NUM_THREADS=1 bench_favor_bf16 --benchmark_repetitions=5
+//   --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include <memory>
+#include <string>
+
+#include <performer/favor/favor_attention.hpp>
+#include <performer/favor/favor_bf16_attention.hpp>
+
+#include "workloads.hpp"
+
+namespace {
+
+using performer::bf16_backend;
+using performer::index_t;
+namespace bench = performer::bench;
+
+constexpr index_t width = 64, features = 256;
+
+template <class A>
+void favor_pass(benchmark::State& state, A attention) {
+  const index_t n = state.range(0);
+  auto buffers = std::make_unique<bench::head_buffers>(n, width);
+  typename A::workspace_type ws;
+  attention.forward(buffers->q, buffers->k, buffers->v, buffers->out, {}, ws);
+  state.counters["rel_err"] = bench::sampled_error(*buffers, false);
+  for (auto _ : state) {
+    attention.forward(buffers->q, buffers->k, buffers->v, buffers->out, {}, ws);
+    benchmark::ClobberMemory();
+  }
+  const double flops = 2.0 * static_cast<double>(n) * features * (4 * width + 1);
+  state.counters["GFLOP"] =
+      benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void float_favor(benchmark::State& state) {
+  favor_pass(state, performer::favor_attention<float>(width, features, /*seed=*/1));
+}
+
+void bf16_favor(benchmark::State& state, bf16_backend backend) {
+  if (!performer::bf16_available(backend)) {
+    state.SkipWithError((std::string("this CPU or OS does not run bf16_backend::") +
+                         std::string(performer::bf16_name(backend)))
+                            .c_str());
+    return;
+  }
+  favor_pass(state, performer::favor_bf16_attention<>(width, features, /*seed=*/1, {}, {},
+                                                      {.backend = backend}));
+}
+
+void lengths(benchmark::internal::Benchmark* b) {
+  b->Arg(16384)->Arg(1 << 20)->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+BENCHMARK(float_favor)->Apply(lengths);
+BENCHMARK_CAPTURE(bf16_favor, amx, bf16_backend::amx)->Apply(lengths);
+BENCHMARK_CAPTURE(bf16_favor, avx512_bf16, bf16_backend::avx512_bf16)->Apply(lengths);
+BENCHMARK_CAPTURE(bf16_favor, portable, bf16_backend::portable)->Apply(lengths);
+
+}  // namespace
