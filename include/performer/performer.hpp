@@ -10,6 +10,7 @@
 // The floor every family stands on: types, errors, masks, the concept, argument checks.
 #include "core/attend.hpp"
 #include "core/attention_mask.hpp"
+#include "core/bfloat16.hpp"
 #include "core/concepts.hpp"
 #include "core/error.hpp"
 #include "core/gradient.hpp"
@@ -27,6 +28,7 @@
 // FAVOR: random-feature attention, its feature maps and the recurrent decoder.
 #include "favor/example_feature_map.hpp"
 #include "favor/favor_attention.hpp"
+#include "favor/favor_bf16_attention.hpp"
 #include "favor/favor_decoder.hpp"
 #include "favor/favor_gradient.hpp"
 #include "favor/feature_map.hpp"

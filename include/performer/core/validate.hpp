@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "attention_mask.hpp"
+#include "detail/parallel.hpp"
 #include "error.hpp"
 #include "types.hpp"
 
@@ -40,7 +41,8 @@ inline constexpr std::string_view overflow_text =
  * reported, not mistaken for padding. Without causal masking every query sees the same keys, so
  * the answer is 0 or n_q; with it, query i sees keys 0..i, so it is the first kept key. O(N_k).
  */
-[[nodiscard]] inline index_t first_seeing_query(const attention_mask& mask, index_t n_q, index_t n_k) {
+[[nodiscard]] inline index_t first_seeing_query(const attention_mask& mask, index_t n_q,
+                                                index_t n_k) {
   index_t j = 0;
   while (j < n_k && !mask.keeps(static_cast<std::size_t>(j))) ++j;
   if (j == n_k) return n_q;
@@ -54,10 +56,20 @@ namespace performer {
 /// True when every entry is finite. x * 0 is 0 for finite x and NaN for an infinity or a NaN,
 /// so one vectorised sum decides; Eigen's allFinite() is about 20 times slower (measured), which
 /// showed up as 15% of a FAVOR+ pass. (-ffinite-math-only voids this check, as it voids any.)
+/// Large matrices in memory (not expressions) are checked in row ranges on several threads
+/// (detail::reduce_row_ranges).
 template <class M>
 [[nodiscard]] bool all_finite(const Eigen::DenseBase<M>& m) {
   using scalar = typename M::Scalar;
-  return (m.derived().array() * scalar(0)).sum() == scalar(0);
+  const auto finite = [](const auto& x) { return (x.array() * scalar(0)).sum() == scalar(0); };
+  if constexpr (requires { m.derived().data(); }) {
+    return detail::reduce_row_ranges(
+        m.rows(), m.size(), true,
+        [&](index_t r0, index_t r1) { return finite(m.derived().middleRows(r0, r1 - r0)); },
+        [](bool a, bool b) { return a && b; });
+  } else {
+    return finite(m.derived());
+  }
 }
 
 /// Throws performer::invalid_argument unless every entry of `m` is finite.
@@ -82,21 +94,22 @@ void check_attention_args(std::string_view who, const const_matrix_ref<T>& q,
   PERFORMER_PRECONDITION(k.rows() > 0, who, ": empty key sequence (k is ", detail::shape(k), ")");
   PERFORMER_PRECONDITION(q.cols() > 0, who, ": zero head width (q is ", detail::shape(q), ")");
   PERFORMER_PRECONDITION(v.cols() > 0, who, ": zero value width (v is ", detail::shape(v), ")");
-  PERFORMER_PRECONDITION(k.cols() == q.cols(), who, ": k is ", detail::shape(k), " but q is ", detail::shape(q),
-                         "; queries and keys need the same width");
-  PERFORMER_PRECONDITION(v.rows() == k.rows(), who, ": v is ", detail::shape(v), " but k is ", detail::shape(k),
-                         "; keys and values need the same number of rows");
+  PERFORMER_PRECONDITION(k.cols() == q.cols(), who, ": k is ", detail::shape(k), " but q is ",
+                         detail::shape(q), "; queries and keys need the same width");
+  PERFORMER_PRECONDITION(v.rows() == k.rows(), who, ": v is ", detail::shape(v), " but k is ",
+                         detail::shape(k), "; keys and values need the same number of rows");
   PERFORMER_PRECONDITION(out.rows() == q.rows() && out.cols() == v.cols(), who, ": out is ",
                          detail::shape(out), ", expected ", q.rows(), "x", v.cols());
-  PERFORMER_PRECONDITION(mask.key_mask.empty() ||
-                             mask.key_mask.size() == static_cast<std::size_t>(k.rows()),
-                         who, ": key_mask has ", mask.key_mask.size(), " entries, expected ",
-                         k.rows(), " (one per key) or none");
+  PERFORMER_PRECONDITION(
+      mask.key_mask.empty() || mask.key_mask.size() == static_cast<std::size_t>(k.rows()), who,
+      ": key_mask has ", mask.key_mask.size(), " entries, expected ", k.rows(),
+      " (one per key) or none");
   PERFORMER_PRECONDITION(!mask.causal || q.rows() == k.rows(), who,
                          ": causal masking needs as many queries as keys (q is ", detail::shape(q),
                          ", k is ", detail::shape(k), ")");
-  PERFORMER_PRECONDITION(!detail::overlaps(out, q) && !detail::overlaps(out, k) && !detail::overlaps(out, v), who,
-                         ": out overlaps an input; pass a separate output buffer");
+  PERFORMER_PRECONDITION(
+      !detail::overlaps(out, q) && !detail::overlaps(out, k) && !detail::overlaps(out, v), who,
+      ": out overlaps an input; pass a separate output buffer");
   require_finite(who, "q", q);
   require_finite(who, "k", k);
   require_finite(who, "v", v);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -84,7 +85,8 @@ class favor_bf16_attention {
     vector<float> log_scale;  ///< B
     row_matrix<float> num;    ///< [num den], B x (d_v + 1)
     detail::bf16::aligned_buffer<detail::bf16::pair> row_pairs, feature_pairs;
-    detail::bf16::packed_rhs values;  ///< the key block's values (B x d_v)
+    row_matrix<float> values_scaled;  ///< the key block's values, scaled (B x d_v)
+    detail::bf16::packed_rhs values;  ///< and packed
   };
 
   struct workspace_type {
@@ -159,8 +161,9 @@ class favor_bf16_attention {
   /// the running maximum of the log scales and rounded, as pairs of keys (the left operand of
   /// S += phi(K)^T V), z summed from the same rounded values.
   void key_state(const const_matrix_ref<float>& k, const const_matrix_ref<float>& v,
-                 double value_scale, const attention_mask& mask, index_t begin, index_t end,
-                 state_type& st, lane_type& lane, const detail::bf16::packed_rhs& w) const;
+                 const std::array<float, 2>& value_scale, const attention_mask& mask, index_t begin,
+                 index_t end, state_type& st, lane_type& lane,
+                 const detail::bf16::packed_rhs& w) const;
 
   projection_type projection_;
   FeatureMap map_;
@@ -186,14 +189,21 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
     if (lane.num.rows() != options_.block || lane.num.cols() != v.cols() + 1) {
       lane.num.resize(options_.block, v.cols() + 1);
     }
+    if (lane.values_scaled.rows() != options_.block || lane.values_scaled.cols() != v.cols()) {
+      lane.values_scaled.resize(options_.block, v.cols());
+    }
   }
   if (ws.states.size() < static_cast<std::size_t>(segments)) ws.states.resize(segments);
   // The values go into bfloat16 scaled by a power of two that brings the largest to [1/2, 1):
   // exact, and values that would round past bfloat16's largest or fall below its smallest
   // normal (VDPBF16PS and AMX read subnormals as zero) keep their size relative to the others.
-  const float v_max = v.cwiseAbs().maxCoeff();
+  const float v_max = detail::reduce_row_ranges(
+      v.rows(), v.size(), 0.0f,
+      [&](index_t r0, index_t r1) { return v.middleRows(r0, r1 - r0).cwiseAbs().maxCoeff(); },
+      [](float a, float b) { return std::max(a, b); });
   const int v_exponent = v_max > 0.0f ? std::ilogb(v_max) + 1 : 0;
-  const double value_scale = std::ldexp(1.0, -v_exponent);
+  const std::array<float, 2> value_scale{std::ldexp(1.0f, -v_exponent / 2),
+                                         std::ldexp(1.0f, -v_exponent + v_exponent / 2)};
   const auto& w = projection_.matrix();
   ws.projection.assign(w.cols(), w.rows(), [&](index_t i, index_t j) { return w(j, i); });
 
@@ -280,9 +290,9 @@ void favor_bf16_attention<FeatureMap, Sampler>::features_of(
 template <class FeatureMap, projection_sampler Sampler>
   requires projected_feature_map<FeatureMap, float>
 void favor_bf16_attention<FeatureMap, Sampler>::key_state(
-    const const_matrix_ref<float>& k, const const_matrix_ref<float>& v, double value_scale,
-    const attention_mask& mask, index_t begin, index_t end, state_type& st, lane_type& lane,
-    const detail::bf16::packed_rhs& w) const {
+    const const_matrix_ref<float>& k, const const_matrix_ref<float>& v,
+    const std::array<float, 2>& value_scale, const attention_mask& mask, index_t begin, index_t end,
+    state_type& st, lane_type& lane, const detail::bf16::packed_rhs& w) const {
   const index_t m = feature_count();
   const index_t d_v = v.cols();
   st.reset(m, d_v);
@@ -307,9 +317,16 @@ void favor_bf16_attention<FeatureMap, Sampler>::key_state(
           odd ? detail::shifted_exp(lane.log_scale(2 * p + 1), st.shift) : 0.0f, m,
           lane.feature_pairs.data() + p * m, st.norm.data());
     }
-    lane.values.assign(rows, d_v, [&](index_t j, index_t c) {
-      return static_cast<float>(static_cast<double>(v(k0 + j, c)) * value_scale);
-    });
+    // The block's values scaled by 2^-e (two factors: 2^148 is not a float) and packed as
+    // pairs of keys.
+    auto values = lane.values_scaled.topRows(rows);
+    values = (v.middleRows(k0, rows) * value_scale[0]) * value_scale[1];
+    lane.values.reset(rows, d_v);
+    for (index_t p = 0; p < key_pairs; ++p) {
+      detail::bf16::pack_two_rows(&values(2 * p, 0), 1.0f,
+                                  2 * p + 1 < rows ? &values(2 * p + 1, 0) : nullptr, 1.0f, d_v,
+                                  lane.values.row(p), nullptr);
+    }
     detail::bf16::product({lane.feature_pairs.data(), m, 1, m}, lane.values, st.sum.data(), d_v,
                           options_.backend);
   }

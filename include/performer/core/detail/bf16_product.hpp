@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -64,14 +65,21 @@ struct packed_rhs {
   [[nodiscard]] index_t tile_pairs() const noexcept { return (depth_pairs() + 15) / 16 * 16; }
   [[nodiscard]] const pair* row(index_t p) const noexcept { return pairs.data() + p * stride; }
 
-  /// Packs b(k, j) for k < depth, j < cols (an odd depth gets a zero last row). Allocates only
-  /// when the shape grows.
-  template <class Get>
-  void assign(index_t depth_, index_t cols_, Get&& b) {
+  /// Shapes the operand as depth_ x cols_, all zeros, for a caller that fills its rows of pairs
+  /// (row(p)) itself. Allocates only when the shape grows.
+  void reset(index_t depth_, index_t cols_) {
     depth = depth_;
     cols = cols_;
     stride = (cols + 15) / 16 * 16;
     pairs.assign(static_cast<std::size_t>(tile_pairs() * stride + 16), 0);
+  }
+  [[nodiscard]] pair* row(index_t p) noexcept { return pairs.data() + p * stride; }
+
+  /// Packs b(k, j) for k < depth, j < cols (an odd depth gets a zero last row). Allocates only
+  /// when the shape grows.
+  template <class Get>
+  void assign(index_t depth_, index_t cols_, Get&& b) {
+    reset(depth_, cols_);
     for (index_t p = 0; p < depth_pairs(); ++p) {
       for (index_t j = 0; j < cols; ++j) {
         const float odd = 2 * p + 1 < depth ? static_cast<float>(b(2 * p + 1, j)) : 0.0f;
@@ -103,22 +111,24 @@ inline void pack_row(const float* x, index_t n, pair* out) noexcept {
 }
 
 /// out[i] = the pair (a[i] wa, b[i] wb), each rounded to bfloat16, for i < n; sum[i] += the two
-/// rounded values. Two rows of a pair-major left operand whose column sums are kept (b = nullptr:
-/// a zero second row). Vectorises. O(n).
+/// rounded values unless sum is null. Two rows of a pair-major left operand (or one row of pairs
+/// of a packed_rhs); b = nullptr: a zero second row. Vectorises. O(n).
 inline void pack_two_rows(const float* a, float wa, const float* b, float wb, index_t n, pair* out,
                           float* sum) noexcept {
-  if (b == nullptr) {
+  const auto run = [&](auto with_odd, auto with_sum) {
     for (index_t i = 0; i < n; ++i) {
       const std::uint16_t even = round(a[i] * wa);
-      sum[i] += widen(even);
-      out[i] = even;
+      const std::uint16_t odd = with_odd ? round(b[i] * wb) : std::uint16_t{0};
+      if constexpr (with_sum) sum[i] += widen(even) + widen(odd);
+      out[i] = static_cast<pair>(even) | (static_cast<pair>(odd) << 16);
     }
-    return;
-  }
-  for (index_t i = 0; i < n; ++i) {
-    const std::uint16_t even = round(a[i] * wa), odd = round(b[i] * wb);
-    sum[i] += widen(even) + widen(odd);
-    out[i] = static_cast<pair>(even) | (static_cast<pair>(odd) << 16);
+  };
+  if (b != nullptr) {
+    sum != nullptr ? run(std::true_type{}, std::true_type{})
+                   : run(std::true_type{}, std::false_type{});
+  } else {
+    sum != nullptr ? run(std::false_type{}, std::true_type{})
+                   : run(std::false_type{}, std::false_type{});
   }
 }
 

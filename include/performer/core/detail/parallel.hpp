@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <exception>
 
 #ifdef _OPENMP
@@ -66,6 +67,30 @@ void parallel_for(index_t count, Body&& body) {
   for (index_t i = 0; i < count; ++i) run(i, index_t{0});
 #endif
   if (error) std::rethrow_exception(error);
+}
+
+/**
+ * @brief combine(... combine(init, part(r0, r1)) ...) over contiguous ranges [r0, r1) of `rows`
+ * rows, in range order. A pass over `entries` >= 2^22 values (16 MiB of floats) is split into up
+ * to 16 ranges that run in parallel: such passes (input checks, a maximum) are bound by memory
+ * bandwidth, which one core does not use up. Smaller passes run whole on the calling thread.
+ * With an exact, order-independent combine (logical and, maximum) the result does not depend
+ * on the split. R must be default-constructible. Allocates nothing.
+ */
+template <class R, class Part, class Combine>
+[[nodiscard]] R reduce_row_ranges(index_t rows, index_t entries, R init, Part&& part,
+                                  Combine&& combine) {
+  constexpr index_t most = 16;
+  const index_t parts = entries >= (index_t{1} << 22)
+                            ? std::clamp<index_t>(std::min(available_threads(), rows), 1, most)
+                            : 1;
+  if (parts == 1) return combine(init, part(index_t{0}, rows));
+  std::array<R, most> results{};
+  parallel_for(parts, [&](index_t p, index_t) {
+    results[static_cast<std::size_t>(p)] = part(rows * p / parts, rows * (p + 1) / parts);
+  });
+  for (index_t p = 0; p < parts; ++p) init = combine(init, results[static_cast<std::size_t>(p)]);
+  return init;
 }
 
 }  // namespace performer::detail
