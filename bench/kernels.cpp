@@ -192,6 +192,17 @@ std::vector<kernel_info> all_kernels() {
     if constexpr (A::supports_causal) add(true);
   });
   const index_t linear = 1048576;
+  // Not a registry entry: the registry's suites compare bits across builds and machines, and
+  // the bfloat16 mechanism's bits depend on the backend the CPU runs (AMX has its own).
+  kernels.push_back(
+      {"favor_bf16",
+       "FAVOR+ with bfloat16 products (" +
+           std::string(bf16_name(bf16_resolve(bf16_backend::automatic))) + " backend), M = m",
+       "favor", favor_bytes,
+       [](const config& c) {
+         return attention_workload(favor_bf16_attention<>(c.d, c.m, 1), c.n, c.d, false, true);
+       },
+       true, false, 16384, linear});
   kernels.push_back(
       {"decode_step", "one FAVOR+ recurrent decoding step at context N", "other",
        [](const config& c) { return 2.0 * static_cast<double>(c.m * c.d) * sizeof(T); },
