@@ -239,6 +239,11 @@ std::vector<kernel_info> all_kernels() {
       {"protein_favor", "protein encoder, 2 blocks, FAVOR+", "protein", block_bytes,
        [](const config& c) { return encoder_workload(favor_attention<T>(64, c.m, 1), c.n, 2); },
        true, false, 4096, linear});
+  kernels.push_back(
+      {"protein_favor_bf16", "protein encoder, 2 blocks, FAVOR+ with bfloat16 products", "protein",
+       block_bytes,
+       [](const config& c) { return encoder_workload(favor_bf16_attention<>(64, c.m, 1), c.n, 2); },
+       true, false, 4096, linear});
   return kernels;
 }
 
