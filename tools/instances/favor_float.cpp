@@ -11,4 +11,3 @@ template class performer::favor_attention<float, performer::trigonometric_featur
 template class performer::favor_attention<float, performer::favor_plus_plus_features<float>>;
 template class performer::favor_decoder<float>;
 template struct performer::attention_gradient<performer::favor_attention<float>>;
-template class performer::favor_bf16_attention<>;

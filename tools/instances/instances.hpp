@@ -57,6 +57,8 @@ extern template class performer::favor_attention<float, performer::trigonometric
 extern template class performer::favor_attention<float, performer::favor_plus_plus_features<float>>;
 extern template class performer::favor_decoder<float>;
 extern template struct performer::attention_gradient<performer::favor_attention<float>>;
+
+// favor_bf16.cpp
 extern template class performer::favor_bf16_attention<>;
 
 // favor_double.cpp
