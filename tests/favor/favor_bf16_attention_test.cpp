@@ -187,6 +187,8 @@ TEST(FavorBf16BadInput, RefusesCausalAndBadOptions) {
                            bf16_favor(d, 16, 0, {}, {}, {.block = 0}));
   PERFORMER_EXPECT_INVALID("favor_bf16_attention", "segments (0)",
                            bf16_favor(d, 16, 0, {}, {}, {.segments = 0}));
+  PERFORMER_EXPECT_INVALID("favor_bf16_attention", "min_segment (-1)",
+                           bf16_favor(d, 16, 0, {}, {}, {.min_segment = -1}));
 }
 
 }  // namespace
