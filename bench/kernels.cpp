@@ -200,7 +200,14 @@ std::vector<kernel_info> all_kernels() {
            std::string(bf16_name(bf16_resolve(bf16_backend::automatic))) + " backend), M = m",
        "favor", favor_bytes,
        [](const config& c) {
-         return attention_workload(favor_bf16_attention<>(c.d, c.m, 1), c.n, c.d, false, true);
+         auto w = attention_workload(favor_bf16_attention<>(c.d, c.m, 1), c.n, c.d, false, true);
+         // FAVOR+'s products, in bfloat16: 2 N m (2 d + 2 d_v + 1) flops (d_v = d), so that its
+         // GFLOP/s and % peak (of the fp32 peak) compare with favor's.
+         w.flops = [c] {
+           return 2.0 * static_cast<double>(c.n) * static_cast<double>(c.m) *
+                  (4.0 * static_cast<double>(c.d) + 1.0);
+         };
+         return w;
        },
        true, false, 16384, linear});
   kernels.push_back(
