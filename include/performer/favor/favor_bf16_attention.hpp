@@ -93,7 +93,7 @@ class favor_bf16_attention {
     std::vector<lane_type> lanes;
     std::vector<state_type> states;
     detail::bf16::packed_rhs projection;  ///< W^T (d x m), packed per call
-    detail::bf16::packed_rhs state;       ///< S (M x d_v), packed once the keys are summed
+    detail::bf16::packed_rhs state;       ///< [S z] (M x (d_v + 1)), packed once per call
   };
 
   /**
@@ -145,8 +145,6 @@ class favor_bf16_attention {
   }
 
  private:
-  using pair = detail::bf16::pair;
-
   /// forward() after its checks.
   void run(const const_matrix_ref<float>& q, const const_matrix_ref<float>& k,
            const const_matrix_ref<float>& v, matrix_ref<float> out, const attention_mask& mask,
