@@ -21,6 +21,7 @@
 #include "../core/gradient.hpp"
 #include "detail/accumulator.hpp"
 #include "detail/causal_pass.hpp"
+#include "detail/layout.hpp"
 #include "feature_map.hpp"
 #include "features/positive_features.hpp"
 #include "../random/projection.hpp"
@@ -187,14 +188,6 @@ class favor_attention {
            const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
            workspace_type& ws, std::vector<state_type>* kept, index_t stride) const;
 
-  /// Segments the bidirectional path splits n keys into (a function of n and the options only).
-  [[nodiscard]] index_t segments_for(index_t n) const {
-    return std::clamp<index_t>(n / options_.min_segment, 1, options_.segments);
-  }
-
-  /// Start of segment s of `count` over [0, n).
-  static index_t segment_start(index_t n, index_t count, index_t s) { return n * s / count; }
-
   /// Lanes and states for a call; the causal path keeps query features per block, not per
   /// lane (query_features = false).
   void prepare(workspace_type& ws, index_t lanes, index_t states, index_t value_dim,
@@ -221,13 +214,7 @@ class favor_attention {
                    row_matrix<T>& phi, vector<T>& log_scale, const attention_mask* keys) const {
     map.apply(projection_.matrix(), x.middleRows(r0, rows), phi.topRows(rows),
               log_scale.head(rows));
-    if (keys != nullptr && !keys->key_mask.empty()) {
-      for (index_t j = 0; j < rows; ++j) {
-        if (!keys->keeps(static_cast<std::size_t>(r0 + j))) {
-          log_scale(j) = -std::numeric_limits<T>::infinity();
-        }
-      }
-    }
+    if (keys != nullptr) detail::drop_padded_keys(*keys, r0, log_scale.head(rows));
   }
 
   /// Folds key features phi (rows x M, with their log scales) into st at shift
@@ -267,37 +254,20 @@ class favor_attention {
     }
   }
 
-  /// out rows (queries row0, row0 + 1, ...) = num / den. den = 0 exactly means a zero row for
-  /// a query that sees no key (row0 + r < seeing), and for one that does, that every visible
-  /// weight underflowed or the map's estimates cancelled: that row is set to NaN, which the
-  /// result check reports (throwing here, inside a parallel region, would terminate).
-  template <class Num, class Den>
-  static void normalise(const Num& num, const Den& den, matrix_ref<T> out_rows, index_t row0,
-                        index_t seeing) {
-    for (index_t r = 0; r < out_rows.rows(); ++r) {
-      if (den(r) == Acc(0)) {
-        out_rows.row(r).setConstant(row0 + r < seeing ? T(0)
-                                                      : std::numeric_limits<T>::quiet_NaN());
-      } else {
-        out_rows.row(r) = (num.row(r) / den(r)).template cast<T>();
-      }
-    }
-  }
-
   void bidirectional(const FeatureMap& map, const const_matrix_ref<T>& q,
                      const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
                      matrix_ref<T> out, const attention_mask& mask, workspace_type& ws,
                      std::vector<state_type>* kept) const {
-    const index_t segments = segments_for(k.rows());
+    const detail::key_segments segments(k.rows(), options_.segments, options_.min_segment);
     const index_t query_blocks = (q.rows() + options_.block - 1) / options_.block;
-    prepare(ws, std::max(detail::lanes_for(segments), detail::lanes_for(query_blocks)), segments,
-            v.cols());
-    detail::parallel_for(segments, [&](index_t s, index_t lane) {
-      key_state(map, k, v, mask, segment_start(k.rows(), segments, s),
-                segment_start(k.rows(), segments, s + 1), ws.states[s], ws.lanes[lane]);
+    prepare(ws, std::max(detail::lanes_for(segments.count), detail::lanes_for(query_blocks)),
+            segments.count, v.cols());
+    detail::parallel_for(segments.count, [&](index_t s, index_t lane) {
+      key_state(map, k, v, mask, segments.start(s), segments.start(s + 1), ws.states[s],
+                ws.lanes[lane]);
     });
     state_type& total = ws.states[0];
-    for (index_t s = 1; s < segments; ++s) total.add(ws.states[s]);
+    for (index_t s = 1; s < segments.count; ++s) total.add(ws.states[s]);
     if (kept != nullptr) kept->assign(1, total);
     const index_t seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
 
@@ -312,7 +282,7 @@ class favor_attention {
       auto den = lane.den.head(rows);
       num.noalias() = phi * total.sum;
       den.noalias() = phi * total.norm;
-      normalise(num, den, out.middleRows(q0, rows), q0, seeing);
+      detail::normalise_rows(num, den, out.middleRows(q0, rows), q0, seeing);
     });
   }
 

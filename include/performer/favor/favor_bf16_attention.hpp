@@ -21,6 +21,7 @@
 #include "../core/types.hpp"
 #include "../core/validate.hpp"
 #include "../random/projection.hpp"
+#include "detail/layout.hpp"
 #include "feature_map.hpp"
 #include "features/positive_features.hpp"
 #include "state.hpp"
@@ -178,10 +179,10 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
                                                     matrix_ref<float> out,
                                                     const attention_mask& mask,
                                                     workspace_type& ws) const {
-  const index_t segments =
-      std::clamp<index_t>(k.rows() / options_.min_segment, 1, options_.segments);
+  const detail::key_segments segments(k.rows(), options_.segments, options_.min_segment);
   const index_t query_blocks = (q.rows() + options_.block - 1) / options_.block;
-  const index_t lanes = std::max(detail::lanes_for(segments), detail::lanes_for(query_blocks));
+  const index_t lanes =
+      std::max(detail::lanes_for(segments.count), detail::lanes_for(query_blocks));
   if (ws.lanes.size() < static_cast<std::size_t>(lanes)) ws.lanes.resize(lanes);
   for (auto& lane : ws.lanes) {
     if (lane.num.rows() != options_.block || lane.num.cols() != v.cols() + 1) {
@@ -191,7 +192,9 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
       lane.values_scaled.resize(options_.block, v.cols());
     }
   }
-  if (ws.states.size() < static_cast<std::size_t>(segments)) ws.states.resize(segments);
+  if (ws.states.size() < static_cast<std::size_t>(segments.count)) {
+    ws.states.resize(segments.count);
+  }
   // The values go into bfloat16 scaled by a power of two that brings the largest to [1/2, 1):
   // exact, and values that would round past bfloat16's largest or fall below its smallest
   // normal (VDPBF16PS and AMX read subnormals as zero) keep their size relative to the others.
@@ -205,12 +208,12 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
   const auto& w = projection_.matrix();
   ws.projection.assign(w.cols(), w.rows(), [&](index_t i, index_t j) { return w(j, i); });
 
-  detail::parallel_for(segments, [&](index_t s, index_t lane) {
-    key_state(k, v, value_scale, mask, k.rows() * s / segments, k.rows() * (s + 1) / segments,
-              ws.states[s], ws.lanes[lane], ws.projection);
+  detail::parallel_for(segments.count, [&](index_t s, index_t lane) {
+    key_state(k, v, value_scale, mask, segments.start(s), segments.start(s + 1), ws.states[s],
+              ws.lanes[lane], ws.projection);
   });
   state_type& total = ws.states[0];
-  for (index_t s = 1; s < segments; ++s) total.add(ws.states[s]);
+  for (index_t s = 1; s < segments.count; ++s) total.add(ws.states[s]);
   // [S z]: den comes out of the same product as num, from the same rounded (and, below
   // bfloat16's normal range, flushed) features and state, so num = 0 never meets den != 0.
   const index_t d_v = v.cols();
@@ -234,25 +237,14 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
     auto num = lane.num.topRows(rows);
     detail::bf16::product({lane.feature_pairs.data(), rows, row_pairs, 1}, ws.state, num.data(),
                           num.cols(), options_.backend, /*accumulate=*/false);
-    for (index_t r = 0; r < rows; ++r) {
-      auto row = out.row(q0 + r);
-      const float den = num(r, d_v);
-      if (den == 0.0f) {
-        // No visible key, or (for a query that sees one) every weight underflowed: NaN,
-        // which forward() reports.
-        row.setConstant(q0 + r < seeing ? 0.0f : std::numeric_limits<float>::quiet_NaN());
-      } else {
-        row = num.row(r).head(d_v) / den;
-        if (v_exponent != 0) {
-          // 2^e is a float unless the values reach 2^127 (exact either way, to the result's
-          // own rounding at the edges of float's range).
-          if (std::abs(v_exponent) < 127) {
-            row *= static_cast<float>(unscale);
-          } else {
-            row = (row.template cast<double>() * unscale).template cast<float>();
-          }
-        }
-      }
+    auto out_rows = out.middleRows(q0, rows);
+    detail::normalise_rows(num.leftCols(d_v), num.col(d_v), out_rows, q0, seeing);
+    // 2^e is a float unless the values reach 2^127 (exact either way, to the result's own
+    // rounding at the edges of float's range). Zero and NaN rows stay what they are.
+    if (std::abs(v_exponent) >= 127) {
+      out_rows = (out_rows.template cast<double>() * unscale).template cast<float>();
+    } else if (v_exponent != 0) {
+      out_rows *= static_cast<float>(unscale);
     }
   });
 }
@@ -297,11 +289,7 @@ void favor_bf16_attention<FeatureMap, Sampler>::key_state(
   for (index_t k0 = begin; k0 < end; k0 += options_.block) {
     const index_t rows = std::min(options_.block, end - k0);
     features_of(k, k0, rows, lane, w);
-    for (index_t j = 0; j < rows; ++j) {
-      if (!mask.keeps(static_cast<std::size_t>(k0 + j))) {
-        lane.log_scale(j) = -std::numeric_limits<float>::infinity();
-      }
-    }
+    detail::drop_padded_keys(mask, k0, lane.log_scale.head(rows));
     const float block_max = lane.log_scale.head(rows).maxCoeff();
     if (block_max == -std::numeric_limits<float>::infinity()) continue;  // all padding
     st.raise(block_max);

@@ -17,6 +17,7 @@
 #include "../../core/types.hpp"
 #include "../state.hpp"
 #include "accumulator.hpp"
+#include "layout.hpp"
 
 namespace performer::detail {
 
@@ -288,8 +289,8 @@ struct causal_pass {
 
   void finish(index_t b, block_type& blk, index_t first_seeing) const {
     const index_t rows = rows_of(b);
-    Attention::normalise(blk.num.topRows(rows), blk.den.head(rows),
-                         out.middleRows(b * block(), rows), b * block(), first_seeing);
+    normalise_rows(blk.num.topRows(rows), blk.den.head(rows), out.middleRows(b * block(), rows),
+                   b * block(), first_seeing);
   }
 };
 
