@@ -32,6 +32,7 @@
 #include "favor/favor_decoder.hpp"
 #include "favor/favor_gradient.hpp"
 #include "favor/feature_map.hpp"
+#include "favor/features/bf16_projection.hpp"
 #include "favor/features/elu_features.hpp"
 #include "favor/features/favor_plus_plus_features.hpp"
 #include "favor/features/hyperbolic_features.hpp"

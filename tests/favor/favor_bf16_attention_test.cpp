@@ -25,6 +25,11 @@ namespace {
 
 using bf16_favor = favor_bf16_attention<>;
 
+/// Causal attention on the layout of the suites' maker: blocks of 16 in waves of 3, chunks of 4,
+/// on several threads however small the blocks.
+constexpr favor_options causal_layout{
+    .block = 16, .chunk = 4, .wave_blocks = 3, .parallel_block_work = 1};
+
 /// Blocks of 7 tokens and segments of at least 4: the suites' short sequences are cut into
 /// ragged blocks and split into segments, as long ones are.
 template <bf16_backend Backend>
@@ -38,8 +43,9 @@ struct bf16_maker {
   // StaysWithinTheRoundingBoundOfFloatFavor), 1e-2 with float's slack.
   static constexpr double tolerance = 1e-2;
   static attention_type make(index_t head_dim) {
-    return attention_type(head_dim, 64, /*seed=*/7, {}, {},
-                          {.block = 7, .segments = 2, .min_segment = 4, .backend = Backend});
+    return attention_type(
+        head_dim, 64, /*seed=*/7, {}, {},
+        {.block = 7, .segments = 2, .min_segment = 4, .backend = Backend, .causal = causal_layout});
   }
   static std::vector<conformance::overflow_input<float>> overflow_inputs(attention_type& /*a*/,
                                                                          index_t head_dim,
@@ -64,10 +70,10 @@ double error_against(const row_matrix<float>& out, const row_matrix<double>& exa
 
 template <class A>
 row_matrix<float> run(const A& a, const row_matrix<float>& q, const row_matrix<float>& k,
-                      const row_matrix<float>& v) {
+                      const row_matrix<float>& v, const attention_mask& mask = {}) {
   typename A::workspace_type ws;
   row_matrix<float> out(q.rows(), v.cols());
-  a.forward(q, k, v, out, {}, ws);
+  a.forward(q, k, v, out, mask, ws);
   return out;
 }
 
@@ -83,24 +89,28 @@ void skip_unless_available(bf16_backend b) {
 }
 
 constexpr index_t n = 1024, d = 64, m = 256;
+const attention_mask causal{true, {}};
 
 class FavorBf16 : public ::testing::TestWithParam<bf16_backend> {};
 
 // The target: bfloat16's error against exact attention within 0.005 of float's, at m =
-// 256, both with the projection of one seed.
+// 256, both with the projection of one seed; bidirectional and causal.
 TEST_P(FavorBf16, ErrorAgainstExactIsWithinHalfAPercentOfFloats) {
   skip_unless_available(GetParam());
   const auto q = uniform(n, d, 1), k = uniform(n, d, 2), v = uniform(n, d, 3);
-  row_matrix<double> exact(n, d);
-  softmax_attention<double>::workspace_type sws;
-  softmax_attention<double>{}.forward(q.cast<double>(), k.cast<double>(), v.cast<double>(), exact,
-                                      {}, sws);
-  const double float_error = error_against(run(favor_attention<float>(d, m, 5), q, k, v), exact);
-  const double bf16_error =
-      error_against(run(bf16_favor(d, m, 5, {}, {}, {.backend = GetParam()}), q, k, v), exact);
-  EXPECT_LE(std::abs(bf16_error - float_error), 0.005)
-      << "float " << float_error << ", bfloat16 " << bf16_error;
-  EXPECT_LT(float_error, 0.5) << "the reference comparison is meaningless";
+  for (const attention_mask& mask : {attention_mask{}, causal}) {
+    row_matrix<double> exact(n, d);
+    softmax_attention<double>::workspace_type sws;
+    softmax_attention<double>{}.forward(q.cast<double>(), k.cast<double>(), v.cast<double>(), exact,
+                                        mask, sws);
+    const double float_error =
+        error_against(run(favor_attention<float>(d, m, 5), q, k, v, mask), exact);
+    const double bf16_error = error_against(
+        run(bf16_favor(d, m, 5, {}, {}, {.backend = GetParam()}), q, k, v, mask), exact);
+    EXPECT_LE(std::abs(bf16_error - float_error), 0.005)
+        << "causal " << mask.causal << ": float " << float_error << ", bfloat16 " << bf16_error;
+    EXPECT_LT(float_error, 0.5) << "the reference comparison is meaningless";
+  }
 }
 
 // Float FAVOR+ on the same rounded q, k, v and W computes the same estimator; what differs is
@@ -129,6 +139,49 @@ TEST_P(FavorBf16, StaysWithinTheRoundingBoundOfFloatFavor) {
     // trivially, and so would this test of it. (One token's output is its own value: exact.)
     if (s.n > 1) {
       EXPECT_GT(worst, 1e-6) << "n " << s.n << " d " << s.d << " m " << s.m;
+    }
+  }
+}
+
+// The causal path is float FAVOR+'s causal pass on the features of the rounded rows and W: run
+// on the same rounded q, k and W, and the same layout, float FAVOR+ differs only in the order
+// the projections' exact bfloat16 products are summed. Each projection x.w then moves by at
+// most gamma = d 2^-24 sum_i |x_i w_i| (a float sum of d terms), each exponent (x.w - max) s by
+// 2 s gamma, and a feature by a factor within exp(+-2 s gamma); a kernel value phi(q).phi(k)
+// by a factor within exp(+-e), e = 4 s gamma, so every weight of the convex combination out_i
+// moves by a factor within exp(+-2 e): |d out_i| <= 2 (exp(2 e) - 1) max|v|, plus float's own
+// rounding of the sums (1e-5 max|v| is far above it at these sizes).
+TEST_P(FavorBf16, CausalIsFloatCausalFavorOnTheRoundedRows) {
+  skip_unless_available(GetParam());
+  struct shape {
+    index_t n, d, d_v, m;
+  };
+  for (const shape s :
+       {shape{n, d, d, m}, shape{1, 3, 1, 5}, shape{37, 5, 3, 33}, shape{300, 17, 40, 31}}) {
+    const auto q = uniform(s.n, s.d, 1), k = uniform(s.n, s.d, 2), v = uniform(s.n, s.d_v, 3);
+    const bf16_favor a(s.d, s.m, 5, {}, {}, {.backend = GetParam(), .causal = causal_layout});
+    favor_attention<float> f(s.d, s.m, 5, {}, {}, causal_layout);
+    const row_matrix<float> w = rounded(f.projection().matrix());
+    ASSERT_TRUE(w == rounded(a.projection().matrix())) << "one seed, one projection";
+    const row_matrix<float> unrounded = run(f, q, k, v, causal);
+    f.projection().set_matrix(w);
+    const row_matrix<float> ours = run(a, q, k, v, causal),
+                            theirs = run(f, rounded(q), rounded(k), v, causal);
+    const auto largest_sum = [&](const row_matrix<float>& x) {
+      return (rounded(x).cast<double>().cwiseAbs() * w.cast<double>().cwiseAbs().transpose())
+          .maxCoeff();
+    };
+    const double s_scale = std::pow(static_cast<double>(s.d), -0.25);
+    const double gamma = s.d * std::ldexp(1.0, -24) * std::max(largest_sum(q), largest_sum(k));
+    const double e = 4.0 * s_scale * gamma;
+    const double v_max = v.cwiseAbs().maxCoeff();
+    const double bound = 2.0 * std::expm1(2.0 * e) * v_max + 1e-5 * v_max;
+    EXPECT_LE((ours - theirs).cwiseAbs().maxCoeff(), bound)
+        << "n " << s.n << " d " << s.d << " d_v " << s.d_v << " m " << s.m;
+    // The rows and W are rounded: float FAVOR+ on the unrounded ones differs (but for one
+    // token, whose output is its own value).
+    if (s.n > 1) {
+      EXPECT_GT((ours - unrounded).cwiseAbs().maxCoeff(), 1e-6) << "n " << s.n;
     }
   }
 }
@@ -176,19 +229,16 @@ TEST(FavorBf16Backends, UnavailableBackendIsRefusedAtConstruction) {
   EXPECT_EQ(bf16_favor(d, m).options().backend, bf16_resolve(bf16_backend::automatic));
 }
 
-TEST(FavorBf16BadInput, RefusesCausalAndBadOptions) {
-  const bf16_favor a(d, 16);
-  bf16_favor::workspace_type ws;
-  const auto x = uniform(8, d, 1);
-  row_matrix<float> out(8, d);
-  PERFORMER_EXPECT_INVALID("favor_bf16_attention::forward", "causal attention is not supported",
-                           a.forward(x, x, x, out, {true, {}}, ws));
+TEST(FavorBf16BadInput, RefusesBadOptions) {
   PERFORMER_EXPECT_INVALID("favor_bf16_attention", "block (0)",
                            bf16_favor(d, 16, 0, {}, {}, {.block = 0}));
   PERFORMER_EXPECT_INVALID("favor_bf16_attention", "segments (0)",
                            bf16_favor(d, 16, 0, {}, {}, {.segments = 0}));
   PERFORMER_EXPECT_INVALID("favor_bf16_attention", "min_segment (-1)",
                            bf16_favor(d, 16, 0, {}, {}, {.min_segment = -1}));
+  // The causal layout is favor_attention's, checked by it.
+  PERFORMER_EXPECT_INVALID("favor_attention", "chunk (0)",
+                           bf16_favor(d, 16, 0, {}, {}, {.causal = {.chunk = 0}}));
 }
 
 }  // namespace

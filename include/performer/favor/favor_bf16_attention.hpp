@@ -21,8 +21,12 @@
 #include "../core/types.hpp"
 #include "../core/validate.hpp"
 #include "../random/projection.hpp"
+#include "detail/causal_pass.hpp"
 #include "detail/layout.hpp"
+#include "favor_attention.hpp"
+#include "favor_options.hpp"
 #include "feature_map.hpp"
+#include "features/bf16_projection.hpp"
 #include "features/positive_features.hpp"
 #include "state.hpp"
 
@@ -40,6 +44,9 @@ struct favor_bf16_options {
   /// Which instructions run the products. `automatic` takes AMX, else AVX512-BF16, else the
   /// portable code; the result's bits depend on which (AMX sums in an order of its own).
   bf16_backend backend = bf16_backend::automatic;
+  /// The causal path's layout: it is favor_attention's causal pass on bf16_projection features
+  /// (favor_options; its bidirectional fields are not used). favor_attention checks it.
+  favor_options causal = {};
 };
 
 /**
@@ -57,12 +64,16 @@ struct favor_bf16_options {
  * below the random features' error at m = 256 (tests/favor/favor_bf16_attention_test.cpp,
  * docs/algorithms.md §10).
  *
- * Bidirectional only: a causal mask throws (the causal bfloat16 path is not built yet).
+ * Causal: favor_attention<float>'s causal pass (chunks, carried state, waves) on features from
+ * bf16_projection, so only the projection, the O(N m d) part, runs in bfloat16; the chunk and
+ * state products, O(N (C + M) d_v), stay float (docs/algorithms.md §10.2).
+ *
  * Results are the same bits on any thread count, for one backend; AMX's bits differ from the
  * portable and AVX512-BF16 ones, which agree.
  *
  * Complexity (M = m features): time O(N m d + N M d_v), of which the products run in bfloat16;
- * workspace independent of N: O(threads B (d + M + d_v) + segments M d_v + M (d + d_v)).
+ * workspace independent of N: O(threads B (d + M + d_v) + segments M d_v + M (d + d_v));
+ * causal as favor_attention's with options.causal.
  *
  * @tparam FeatureMap a projected_feature_map (FAVOR+'s positive_features<float> by default).
  * @tparam Sampler how projections are drawn.
@@ -76,7 +87,9 @@ class favor_bf16_attention {
   using feature_map_type = FeatureMap;
   using projection_type = random_projection<float, Sampler>;
   using state_type = favor_state<float>;
-  static constexpr bool supports_causal = false;
+  /// What runs a causal call: float FAVOR+ whose projections are bfloat16 products.
+  using causal_type = favor_attention<float, bf16_projection<FeatureMap>, Sampler>;
+  static constexpr bool supports_causal = true;
   static constexpr bool key_permutation_invariant = true;
 
   /// One thread's scratch: B rows, never N.
@@ -95,53 +108,62 @@ class favor_bf16_attention {
     std::vector<state_type> states;
     detail::bf16::packed_rhs projection;  ///< W^T (d x m), packed per call
     detail::bf16::packed_rhs state;       ///< [S z] (M x (d_v + 1)), packed once per call
+    typename causal_type::workspace_type causal;
   };
 
   /**
    * @param head_dim d. @param features m. @param seed seeds the projection draw.
-   * @throws performer::invalid_argument if head_dim, features or an option is not positive, or
-   * if options.backend names instructions this CPU or OS does not run.
+   * @throws performer::invalid_argument if head_dim, features or an option is not positive
+   * (options.causal as favor_attention's), or if options.backend names instructions this CPU or
+   * OS does not run.
    */
   explicit favor_bf16_attention(index_t head_dim, index_t features = 256, std::uint64_t seed = 0,
                                 FeatureMap map = {}, Sampler sampler = {},
                                 favor_bf16_options options = {})
-      : projection_(features, head_dim, seed, std::move(sampler)),
-        map_(std::move(map)),
-        options_(options) {
+      : options_(options),
+        causal_(head_dim, features, seed,
+                bf16_projection<FeatureMap>(std::move(map), options.backend), std::move(sampler),
+                options.causal) {
     PERFORMER_PRECONDITION(options.block > 0 && options.segments > 0 && options.min_segment > 0,
                            "favor_bf16_attention: block (", options.block, "), segments (",
                            options.segments, ") and min_segment (", options.min_segment,
                            ") must be positive");
     options_.backend = bf16_resolve(options.backend);
-    PERFORMER_PRECONDITION(map_.feature_count(features, head_dim) == features,
+    PERFORMER_PRECONDITION(feature_map().feature_count(features, head_dim) == features,
                            "favor_bf16_attention: the feature map must give one feature per "
                            "projection (M = m)");
   }
 
-  [[nodiscard]] const projection_type& projection() const noexcept { return projection_; }
-  [[nodiscard]] projection_type& projection() noexcept { return projection_; }
-  [[nodiscard]] const FeatureMap& feature_map() const noexcept { return map_; }
+  [[nodiscard]] const projection_type& projection() const noexcept { return causal_.projection(); }
+  [[nodiscard]] projection_type& projection() noexcept { return causal_.projection(); }
+  [[nodiscard]] const FeatureMap& feature_map() const noexcept {
+    return causal_.feature_map().map();
+  }
   /// The options, with `backend` resolved to the one that runs.
   [[nodiscard]] const favor_bf16_options& options() const noexcept { return options_; }
-  [[nodiscard]] index_t feature_count() const { return projection_.features(); }
+  [[nodiscard]] index_t feature_count() const { return projection().features(); }
 
   /**
-   * @brief Bidirectional attention for one head (contract of attention_mechanism).
-   * @throws performer::invalid_argument on bad input (see check_attention_args), a causal mask,
-   * a head width other than the projection's, or a result that is not finite (inputs whose
-   * logits overflow float).
+   * @brief Attention for one head (contract of attention_mechanism).
+   * @throws performer::invalid_argument on bad input (see check_attention_args), a head width
+   * other than the projection's, or a result that is not finite (inputs whose logits overflow
+   * float).
    */
   void forward(const const_matrix_ref<float>& q, const const_matrix_ref<float>& k,
                const const_matrix_ref<float>& v, matrix_ref<float> out, const attention_mask& mask,
                workspace_type& ws) const {
     constexpr const char* who = "favor_bf16_attention::forward";
     check_attention_args<float>(who, q, k, v, out, mask);
-    PERFORMER_PRECONDITION(!mask.causal, who,
-                           ": causal attention is not supported in bfloat16 yet (use "
-                           "favor_attention<float>)");
-    PERFORMER_PRECONDITION(q.cols() == projection_.dim(), who, ": q is ", detail::shape(q),
-                           " but the projection is for head width ", projection_.dim());
-    run(q, k, v, out, mask, ws);
+    PERFORMER_PRECONDITION(q.cols() == projection().dim(), who, ": q is ", detail::shape(q),
+                           " but the projection is for head width ", projection().dim());
+    if (mask.causal) {
+      // favor_attention's causal pass itself, past its forward()'s checks (done above).
+      detail::causal_pass<causal_type>{causal_,  causal_.feature_map(), q, k, v, out, mask,
+                                       ws.causal}
+          .run();
+    } else {
+      run(q, k, v, out, mask, ws);
+    }
     PERFORMER_PRECONDITION(all_finite(out), who, detail::overflow_text);
   }
 
@@ -164,9 +186,9 @@ class favor_bf16_attention {
                  index_t end, state_type& st, lane_type& lane,
                  const detail::bf16::packed_rhs& w) const;
 
-  projection_type projection_;
-  FeatureMap map_;
   favor_bf16_options options_;
+  /// Holds the projection and the map for both paths.
+  causal_type causal_;
 };
 
 static_assert(attention_mechanism<favor_bf16_attention<>>);
@@ -205,7 +227,7 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
   const int v_exponent = v_max > 0.0f ? std::ilogb(v_max) + 1 : 0;
   const std::array<float, 2> value_scale{std::ldexp(1.0f, -v_exponent / 2),
                                          std::ldexp(1.0f, -v_exponent + v_exponent / 2)};
-  const auto& w = projection_.matrix();
+  const auto& w = projection().matrix();
   ws.projection.assign(w.cols(), w.rows(), [&](index_t i, index_t j) { return w(j, i); });
 
   detail::parallel_for(segments.count, [&](index_t s, index_t lane) {
@@ -254,27 +276,15 @@ template <class FeatureMap, projection_sampler Sampler>
 void favor_bf16_attention<FeatureMap, Sampler>::features_of(
     const const_matrix_ref<float>& x, index_t r0, index_t rows, lane_type& lane,
     const detail::bf16::packed_rhs& w) const {
-  const index_t d = x.cols();
   const index_t m = feature_count();
-  const index_t row_pairs = (d + 1) / 2;
   if (lane.phi.rows() < options_.block || lane.phi.cols() != m) {
     lane.phi.resize(options_.block, m);
     lane.log_scale.resize(options_.block);
   }
-  if (lane.rows.rows() < options_.block || lane.rows.cols() != d) {
-    lane.rows.resize(options_.block, d);
-  }
-  lane.row_pairs.resize(static_cast<std::size_t>(options_.block * row_pairs));
-  // The rows as rounded: the feature map takes their norms from the values the product sees.
-  lane.rows.topRows(rows) = x.middleRows(r0, rows).unaryExpr(
-      [](float e) { return detail::bf16::widen(detail::bf16::round(e)); });
-  for (index_t i = 0; i < rows; ++i) {
-    detail::bf16::pack_row(&lane.rows(i, 0), d, lane.row_pairs.data() + i * row_pairs);
-  }
   auto phi = lane.phi.topRows(rows);
-  detail::bf16::product({lane.row_pairs.data(), rows, row_pairs, 1}, w, phi.data(), m,
-                        options_.backend, /*accumulate=*/false);
-  map_.from_projection(lane.rows.topRows(rows), phi, lane.log_scale.head(rows));
+  detail::bf16::project_rows(x.middleRows(r0, rows), w, lane.rows, lane.row_pairs, phi,
+                             options_.backend);
+  feature_map().from_projection(lane.rows.topRows(rows), phi, lane.log_scale.head(rows));
 }
 
 template <class FeatureMap, projection_sampler Sampler>
