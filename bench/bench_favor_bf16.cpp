@@ -1,9 +1,12 @@
-// FAVOR+ bidirectional in float (favor_attention<float>) against bfloat16 (favor_bf16_attention)
-// on each backend this CPU runs (the others reported as skipped, with the reason), one head,
-// d = d_v = 64, m = 256, N = 16,384 and 1,048,576, the harness's inputs (bench/workloads.hpp:
-// q and k uniform in [-0.5, 0.5], v in [-1, 1]). Counters: "rel_err" (against exact attention
-// in double on 64 sampled rows, as bench_attention's), "GFLOP" (a rate: the products' 2 N m (2 d + 2 d_v + 1)
-// flops per call: queries' and keys' projections, key state, output with its normaliser). The threads are OpenMP's: run it with OMP_NUM_THREADS=1 and 2.
+// FAVOR+ bidirectional and causal in float (favor_attention<float>) against bfloat16
+// (favor_bf16_attention: causal, only the projections are bfloat16 products) on each backend this
+// CPU runs (the others reported as skipped, with the reason), one head, d = d_v = 64, m = 256, N =
+// 16,384 and 1,048,576, the harness's inputs (bench/workloads.hpp: q and k uniform in [-0.5, 0.5],
+// v in [-1, 1]). Counters: "rel_err" (against exact attention in double on 64 sampled rows, as
+// bench_attention's), "GFLOP" (a rate: the products' 2 N m (2 d + 2 d_v + 1) flops per call:
+// queries' and keys' projections, key state, output with its normaliser; the causal pass's chunk
+// products are not counted, so the rates compare time). The threads are OpenMP's: run it with
+// OMP_NUM_THREADS=1 and 2.
 //   OMP_NUM_THREADS=1 bench_favor_bf16 --benchmark_repetitions=5
 //   --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -25,14 +28,15 @@ namespace bench = performer::bench;
 constexpr index_t width = 64, features = 256;
 
 template <class A>
-void favor_pass(benchmark::State& state, A attention) {
+void favor_pass(benchmark::State& state, A attention, bool causal) {
   const index_t n = state.range(0);
   auto buffers = std::make_unique<bench::head_buffers>(n, width);
   typename A::workspace_type ws;
-  attention.forward(buffers->q, buffers->k, buffers->v, buffers->out, {}, ws);
-  state.counters["rel_err"] = bench::sampled_error(*buffers, false);
+  const performer::attention_mask mask{causal, {}};
+  attention.forward(buffers->q, buffers->k, buffers->v, buffers->out, mask, ws);
+  state.counters["rel_err"] = bench::sampled_error(*buffers, causal);
   for (auto _ : state) {
-    attention.forward(buffers->q, buffers->k, buffers->v, buffers->out, {}, ws);
+    attention.forward(buffers->q, buffers->k, buffers->v, buffers->out, mask, ws);
     benchmark::ClobberMemory();
   }
   const double flops = 2.0 * static_cast<double>(n) * features * (4 * width + 1);
@@ -40,28 +44,34 @@ void favor_pass(benchmark::State& state, A attention) {
       benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void float_favor(benchmark::State& state) {
-  favor_pass(state, performer::favor_attention<float>(width, features, /*seed=*/1));
+void float_favor(benchmark::State& state, bool causal) {
+  favor_pass(state, performer::favor_attention<float>(width, features, /*seed=*/1), causal);
 }
 
-void bf16_favor(benchmark::State& state, bf16_backend backend) {
+void bf16_favor(benchmark::State& state, bf16_backend backend, bool causal) {
   if (!performer::bf16_available(backend)) {
     state.SkipWithError((std::string("this CPU or OS does not run bf16_backend::") +
                          std::string(performer::bf16_name(backend)))
                             .c_str());
     return;
   }
-  favor_pass(state, performer::favor_bf16_attention<>(width, features, /*seed=*/1, {}, {},
-                                                      {.backend = backend}));
+  favor_pass(
+      state,
+      performer::favor_bf16_attention<>(width, features, /*seed=*/1, {}, {}, {.backend = backend}),
+      causal);
 }
 
 void lengths(benchmark::internal::Benchmark* b) {
   b->Arg(16384)->Arg(1 << 20)->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
-BENCHMARK(float_favor)->Apply(lengths);
-BENCHMARK_CAPTURE(bf16_favor, amx, bf16_backend::amx)->Apply(lengths);
-BENCHMARK_CAPTURE(bf16_favor, avx512_bf16, bf16_backend::avx512_bf16)->Apply(lengths);
-BENCHMARK_CAPTURE(bf16_favor, portable, bf16_backend::portable)->Apply(lengths);
+BENCHMARK_CAPTURE(float_favor, bidirectional, false)->Apply(lengths);
+BENCHMARK_CAPTURE(bf16_favor, amx, bf16_backend::amx, false)->Apply(lengths);
+BENCHMARK_CAPTURE(bf16_favor, avx512_bf16, bf16_backend::avx512_bf16, false)->Apply(lengths);
+BENCHMARK_CAPTURE(bf16_favor, portable, bf16_backend::portable, false)->Apply(lengths);
+BENCHMARK_CAPTURE(float_favor, causal, true)->Apply(lengths);
+BENCHMARK_CAPTURE(bf16_favor, amx_causal, bf16_backend::amx, true)->Apply(lengths);
+BENCHMARK_CAPTURE(bf16_favor, avx512_bf16_causal, bf16_backend::avx512_bf16, true)->Apply(lengths);
+BENCHMARK_CAPTURE(bf16_favor, portable_causal, bf16_backend::portable, true)->Apply(lengths);
 
 }  // namespace
