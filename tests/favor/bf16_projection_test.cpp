@@ -12,14 +12,12 @@
 #include <performer/testing/expect_invalid.hpp>
 #include <performer/testing/helpers.hpp>
 
+#include "support/bf16.hpp"
+
 namespace performer::test {
 // Named as well as anonymous: the unity build compiles several test files as one.
 namespace favor_bf16_projection_test {
 namespace {
-
-row_matrix<float> rounded(const row_matrix<float>& x) {
-  return x.unaryExpr([](float e) { return detail::bf16::widen(detail::bf16::round(e)); });
-}
 
 struct mapped {
   row_matrix<float> phi;
@@ -50,10 +48,7 @@ class Bf16Projection : public ::testing::TestWithParam<bf16_backend> {
                            const row_matrix<float>& x) {
     const mapped got = apply(ours, w, x);
     const mapped want = apply(positive_features<float>{}, rounded(w), rounded(x));
-    const double gamma =
-        static_cast<double>(x.cols()) * std::ldexp(1.0, -24) *
-        (rounded(x).cast<double>().cwiseAbs() * rounded(w).cast<double>().cwiseAbs().transpose())
-            .maxCoeff();
+    const double gamma = projection_sum_error(x, w);
     const double s = std::pow(static_cast<double>(x.cols()), -0.25);
     const double phi_error = (got.phi - want.phi).cwiseAbs().cwiseQuotient(want.phi).maxCoeff();
     EXPECT_LE(phi_error, std::expm1(2.0 * s * gamma) + 4e-7);
@@ -94,11 +89,6 @@ INSTANTIATE_TEST_SUITE_P(Backends, Bf16Projection,
                          ::testing::Values(bf16_backend::portable, bf16_backend::avx512_bf16,
                                            bf16_backend::amx),
                          [](const auto& info) { return std::string(bf16_name(info.param)); });
-
-/// FAVOR+'s map with two features per projection: not one bf16_projection can take.
-struct doubled_features : positive_features<float> {
-  [[nodiscard]] index_t feature_count(index_t m, index_t /*d*/) const { return 2 * m; }
-};
 
 TEST(Bf16ProjectionBadInput, RefusesBackendsFeatureCountsAndShapes) {
   for (const bf16_backend b : {bf16_backend::avx512_bf16, bf16_backend::amx}) {

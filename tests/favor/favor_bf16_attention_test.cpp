@@ -5,6 +5,7 @@
 // backends against each other (the fast ones report themselves skipped where the CPU lacks them).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -17,6 +18,8 @@
 #include <performer/testing/determinism.hpp>
 #include <performer/testing/extreme_values.hpp>
 #include <performer/testing/helpers.hpp>
+
+#include "support/bf16.hpp"
 
 namespace performer::test {
 // Named as well as anonymous: the unity build compiles several test files as one.
@@ -75,11 +78,6 @@ row_matrix<float> run(const A& a, const row_matrix<float>& q, const row_matrix<f
   row_matrix<float> out(q.rows(), v.cols());
   a.forward(q, k, v, out, mask, ws);
   return out;
-}
-
-/// x rounded to bfloat16, elementwise.
-row_matrix<float> rounded(const row_matrix<float>& x) {
-  return x.unaryExpr([](float e) { return detail::bf16::widen(detail::bf16::round(e)); });
 }
 
 void skip_unless_available(bf16_backend b) {
@@ -167,12 +165,8 @@ TEST_P(FavorBf16, CausalIsFloatCausalFavorOnTheRoundedRows) {
     f.projection().set_matrix(w);
     const row_matrix<float> ours = run(a, q, k, v, causal),
                             theirs = run(f, rounded(q), rounded(k), v, causal);
-    const auto largest_sum = [&](const row_matrix<float>& x) {
-      return (rounded(x).cast<double>().cwiseAbs() * w.cast<double>().cwiseAbs().transpose())
-          .maxCoeff();
-    };
     const double s_scale = std::pow(static_cast<double>(s.d), -0.25);
-    const double gamma = s.d * std::ldexp(1.0, -24) * std::max(largest_sum(q), largest_sum(k));
+    const double gamma = std::max(projection_sum_error(q, w), projection_sum_error(k, w));
     const double e = 4.0 * s_scale * gamma;
     const double v_max = v.cwiseAbs().maxCoeff();
     const double bound = 2.0 * std::expm1(2.0 * e) * v_max + 1e-5 * v_max;
@@ -236,6 +230,8 @@ TEST(FavorBf16BadInput, RefusesBadOptions) {
                            bf16_favor(d, 16, 0, {}, {}, {.segments = 0}));
   PERFORMER_EXPECT_INVALID("favor_bf16_attention", "min_segment (-1)",
                            bf16_favor(d, 16, 0, {}, {}, {.min_segment = -1}));
+  PERFORMER_EXPECT_INVALID("bf16_projection", "one feature per projection (M = m), not 32",
+                           favor_bf16_attention<doubled_features>(d, 16));
   // The causal layout is favor_attention's, checked by it.
   PERFORMER_EXPECT_INVALID("favor_attention", "chunk (0)",
                            bf16_favor(d, 16, 0, {}, {}, {.causal = {.chunk = 0}}));

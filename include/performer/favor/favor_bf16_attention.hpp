@@ -114,8 +114,9 @@ class favor_bf16_attention {
   /**
    * @param head_dim d. @param features m. @param seed seeds the projection draw.
    * @throws performer::invalid_argument if head_dim, features or an option is not positive
-   * (options.causal as favor_attention's), or if options.backend names instructions this CPU or
-   * OS does not run.
+   * (options.causal as favor_attention's), if the map gives other than one feature per projection
+   * (M = m, bf16_projection's message), or if options.backend names instructions this CPU or OS
+   * does not run.
    */
   explicit favor_bf16_attention(index_t head_dim, index_t features = 256, std::uint64_t seed = 0,
                                 FeatureMap map = {}, Sampler sampler = {},
@@ -128,10 +129,8 @@ class favor_bf16_attention {
                            "favor_bf16_attention: block (", options.block, "), segments (",
                            options.segments, ") and min_segment (", options.min_segment,
                            ") must be positive");
-    options_.backend = bf16_resolve(options.backend);
-    PERFORMER_PRECONDITION(feature_map().feature_count(features, head_dim) == features,
-                           "favor_bf16_attention: the feature map must give one feature per "
-                           "projection (M = m)");
+    options_.backend = causal_.feature_map().backend();
+    (void)causal_.feature_count();  // throws unless M = m
   }
 
   [[nodiscard]] const projection_type& projection() const noexcept { return causal_.projection(); }
@@ -227,8 +226,7 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
   const int v_exponent = v_max > 0.0f ? std::ilogb(v_max) + 1 : 0;
   const std::array<float, 2> value_scale{std::ldexp(1.0f, -v_exponent / 2),
                                          std::ldexp(1.0f, -v_exponent + v_exponent / 2)};
-  const auto& w = projection().matrix();
-  ws.projection.assign(w.cols(), w.rows(), [&](index_t i, index_t j) { return w(j, i); });
+  detail::bf16::pack_transposed(projection().matrix(), ws.projection);
 
   detail::parallel_for(segments.count, [&](index_t s, index_t lane) {
     key_state(k, v, value_scale, mask, segments.start(s), segments.start(s + 1), ws.states[s],

@@ -33,6 +33,11 @@ inline void project_rows(const const_matrix_ref<float>& x, const packed_rhs& w_t
           /*accumulate=*/false);
 }
 
+/// Packs W^T (d x m) from W (m x d), the right operand of project_rows. O(m d).
+inline void pack_transposed(const const_matrix_ref<float>& w, packed_rhs& w_t) {
+  w_t.assign(w.cols(), w.rows(), [&](index_t i, index_t j) { return w(j, i); });
+}
+
 }  // namespace performer::detail::bf16
 
 namespace performer {
@@ -108,7 +113,7 @@ class bf16_projection {
       }
       if (same) return;
       w_seen = w;
-      w_packed.assign(w.cols(), w.rows(), [&](index_t i, index_t j) { return w(j, i); });
+      detail::bf16::pack_transposed(w, w_packed);
     }
   };
 

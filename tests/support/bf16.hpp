@@ -1,0 +1,34 @@
+// What the bfloat16 tests (tests/favor/bf16_projection_test.cpp, favor_bf16_attention_test.cpp)
+// share: rows rounded to bfloat16, how far a float sum of their exact products can be from the
+// exact projection (their bounds start from it), and a feature map neither class may take.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#include <performer/core/bfloat16.hpp>
+#include <performer/core/types.hpp>
+#include <performer/favor/features/positive_features.hpp>
+
+namespace performer::test {
+
+/// x rounded to bfloat16, elementwise.
+inline row_matrix<float> rounded(const row_matrix<float>& x) {
+  return x.unaryExpr([](float e) { return detail::bf16::widen(detail::bf16::round(e)); });
+}
+
+/// gamma = d 2^-24 max_ij sum_k |x_ik w_jk|, x and w rounded: a float sum of the d exact
+/// bfloat16 products x_i . w_j, in any order, is within gamma of the exact projection (each
+/// partial sum rounds once, by at most 2^-24 of a value below sum_k |x_ik w_jk|).
+inline double projection_sum_error(const row_matrix<float>& x, const row_matrix<float>& w) {
+  return static_cast<double>(x.cols()) * std::ldexp(1.0, -24) *
+         (rounded(x).cast<double>().cwiseAbs() * rounded(w).cast<double>().cwiseAbs().transpose())
+             .maxCoeff();
+}
+
+/// FAVOR+'s map with two features per projection (M = 2m): bfloat16 FAVOR+ needs M = m.
+struct doubled_features : positive_features<float> {
+  [[nodiscard]] index_t feature_count(index_t m, index_t /*d*/) const { return 2 * m; }
+};
+
+}  // namespace performer::test
