@@ -39,6 +39,7 @@ plus "# "-prefixed header lines (versions, parallel_info summary, check results,
 
     /usr/bin/python3 tools/reference/bench_torch.py --threads 1 2
     /usr/bin/python3 tools/reference/bench_torch.py --mechanism favor --n 4096 --threads 1
+    /usr/bin/python3 tools/reference/bench_torch.py --head --n 16384 --threads 1   # one head
 """
 
 from __future__ import annotations
@@ -382,6 +383,25 @@ def time_model(model, tokens, runs: int) -> float:
     return statistics.median(times)
 
 
+def time_head(n: int, threads: int, runs: int, eps: float, seed: int) -> list[float]:
+    """Seconds of each run of favor_attention_fast on one head, [1, 1, N, 64] float32 inputs drawn
+    from N(0, 1), m = 256 (bench_favor_bf16's float_favor/bidirectional shape)."""
+    g = torch.Generator().manual_seed(seed + n)
+    q, k, v = (torch.randn(1, 1, n, 64, generator=g) for _ in range(3))
+    projection = gaussian_orthogonal_projection(256, 64, g).float()
+    set_threads(threads)
+    with torch.inference_mode():
+        favor_attention_fast(q, k, v, projection, eps)  # warm-up
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            out = favor_attention_fast(q, k, v, projection, eps)
+            times.append(time.perf_counter() - t0)
+        if not torch.isfinite(out).all():
+            print("# warning: non-finite output", flush=True)
+    return times
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mechanism", nargs="+", choices=("favor", "exact"), default=["favor", "exact"])
@@ -399,6 +419,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--head", action="store_true",
+                    help="time FAVOR+ alone on one head (d = d_v = 64, m = 256), not the model")
     args = ap.parse_args(argv)
 
     print(f"# torch {torch.__version__} {blas_info()}")
@@ -416,6 +438,14 @@ def main(argv=None) -> int:
             print("# check FAILED")
             return 1
     if args.check_only:
+        return 0
+    if args.head:
+        for n in args.n:
+            for t in args.threads:
+                times = time_head(n, t, args.runs, args.eps, args.seed)
+                med = statistics.median(times)
+                print(f"torch  favor_head N={n} threads={t} median_s={med:.6f} "
+                      f"min_s={min(times):.6f} tokens_per_s={n / med:.1f}", flush=True)
         return 0
 
     refs = {}

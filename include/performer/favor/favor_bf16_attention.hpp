@@ -38,9 +38,10 @@ struct favor_bf16_options {
   /// scratch grows as B (d + 2 M + d_v) floats.
   index_t block = 512;
   /// Most segments the keys are split into, their states summed in a fixed order (as
-  /// favor_options::segments), and fewest tokens per segment.
+  /// favor_options::segments), and fewest tokens per segment (favor_options::min_segment says
+  /// why 4,096).
   index_t segments = 2;
-  index_t min_segment = 32768;
+  index_t min_segment = 4096;
   /// Which instructions run the products. `automatic` takes AMX, else AVX512-BF16, else the
   /// portable code; the result's bits depend on which (AMX sums in an order of its own).
   bf16_backend backend = bf16_backend::automatic;

@@ -26,7 +26,11 @@ struct favor_options {
   /// in parallel (OpenMP). 1 disables the split. The causal path does not use it.
   index_t segments = 2;
   /// Fewest tokens per bidirectional segment: sequences shorter than 2 x this are never split.
-  index_t min_segment = 32768;
+  /// A segment of 4,096 keys is about a millisecond of work at d = 64, m = 256, far above the
+  /// cost of waking a thread; 32,768 (before stop 32) left the key state of 16,384 tokens on
+  /// one thread, and two threads 1.2 times as fast as one instead of 1.9 (bench_favor_bf16,
+  /// README "Threads").
+  index_t min_segment = 4096;
   /// Blocks per wave of the causal path (W; last, so that positional initialisers written
   /// before it existed keep their meaning): its blocks start from an empty state and run in
   /// parallel, then a prefix over their key states gives each the keys before it. The layout
