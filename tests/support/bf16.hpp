@@ -3,7 +3,6 @@
 // exact projection (their bounds start from it), and a feature map neither class may take.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 
 #include <performer/core/bfloat16.hpp>

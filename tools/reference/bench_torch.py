@@ -1,4 +1,4 @@
-"""PyTorch speed baseline for the whole model (issue 16): tokens per second of model(tokens).
+"""PyTorch speed baseline: tokens per second of the whole model (issue 16) or of one FAVOR+ head.
 
 The model is the library's transformer_model as in docs/model_format.md (parameter names and
 shapes of performer_reference.PerformerModel), run with the fast forms a PyTorch user would run,
@@ -33,8 +33,13 @@ BLAS: Debian's torch calls whatever libblas.so.3 resolves to, by default the net
 (~15-20x slower float32 GEMM than OpenBLAS); the script prints the loaded BLAS and warns. Run it
 with OpenBLAS (tools/reference/README.md, "Speed baseline").
 
+--head times FAVOR+ alone on one head (q, k, v of [1, 1, N, 64] from N(0, 1), m = 256,
+bidirectional; issue 18) instead of the model; --mechanism, --batch, --exact-heads, --model and
+--save do not apply to it and are refused with it.
+
 Output (stable, one line per configuration):
     torch  <mechanism> N=<n> threads=<t> median_s=<x> tokens_per_s=<y>
+    torch  favor_head N=<n> threads=<t> median_s=<x> min_s=<fastest call> tokens_per_s=<y>
 plus "# "-prefixed header lines (versions, parallel_info summary, check results, notes).
 
     /usr/bin/python3 tools/reference/bench_torch.py --threads 1 2
@@ -422,6 +427,14 @@ def main(argv=None) -> int:
     ap.add_argument("--head", action="store_true",
                     help="time FAVOR+ alone on one head (d = d_v = 64, m = 256), not the model")
     args = ap.parse_args(argv)
+    if args.head:
+        model_only = [name for name, given in (("--mechanism", args.mechanism != ["favor", "exact"]),
+                                                ("--batch", args.batch != 1),
+                                                ("--exact-heads", args.exact_heads != "auto"),
+                                                ("--model", args.model), ("--save", args.save))
+                      if given]
+        if model_only:
+            ap.error(f"{', '.join(model_only)}: not with --head (one FAVOR+ head, no model)")
 
     print(f"# torch {torch.__version__} {blas_info()}")
     print(f"# parallel_info: {parallel_summary()}")

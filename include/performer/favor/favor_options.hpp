@@ -28,8 +28,8 @@ struct favor_options {
   /// Fewest tokens per bidirectional segment: sequences shorter than 2 x this are never split.
   /// A segment of 4,096 keys is about a millisecond of work at d = 64, m = 256, far above the
   /// cost of waking a thread; 32,768 (before stop 32) left the key state of 16,384 tokens on
-  /// one thread, and two threads 1.2 times as fast as one instead of 1.9 (bench_favor_bf16,
-  /// README "Threads").
+  /// one thread, and two threads 1.14 to 1.22 times as fast as one instead of 1.9
+  /// (bench_favor_bf16; README, "Against PyTorch, one head").
   index_t min_segment = 4096;
   /// Blocks per wave of the causal path (W; last, so that positional initialisers written
   /// before it existed keep their meaning): its blocks start from an empty state and run in
