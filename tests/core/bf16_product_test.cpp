@@ -4,6 +4,7 @@
 // portable one bit for bit (reported skipped on a CPU without AVX512-BF16).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -37,6 +38,26 @@ TEST(Bf16Rounding, NearestEvenAsEigenForNormalValues) {
     ++compared;
   }
   EXPECT_GT(compared, 150000);
+}
+
+// The unit roundoff every bound of docs/algorithms.md §10 builds on: 8 significant bits, so a
+// normal value moves by at most 2^-8 of itself (half the spacing 2^-7 at 1), and just below a
+// halfway point it moves by nearly that much, more than 2^-9.
+TEST(Bf16Rounding, RelativeErrorIsAtMostTwoToTheMinusEight) {
+  std::mt19937 gen(11);
+  std::uniform_real_distribution<float> significand(1.0f, 2.0f);
+  std::uniform_int_distribution<int> exponent(-120, 120);
+  double worst = 0.0;
+  for (int i = 0; i < 200000; ++i) {
+    const float x = std::ldexp(significand(gen), exponent(gen));
+    worst = std::max(worst, std::fabs(static_cast<double>(widen(round(x))) - x) / x);
+  }
+  EXPECT_LE(worst, 0x1p-8);
+  const float below_halfway = 1.0f + 0x1p-8f - 0x1p-20f;
+  const double moved =
+      (below_halfway - static_cast<double>(widen(round(below_halfway)))) / below_halfway;
+  EXPECT_GT(moved, 0x1p-9);
+  EXPECT_LE(moved, 0x1p-8);
 }
 
 TEST(Bf16Rounding, TiesSpecialValuesAndSubnormals) {

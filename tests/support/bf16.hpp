@@ -16,6 +16,19 @@ inline row_matrix<float> rounded(const row_matrix<float>& x) {
   return x.unaryExpr([](float e) { return detail::bf16::widen(detail::bf16::round(e)); });
 }
 
+/// u_b, bfloat16's unit roundoff: rounding to nearest moves a normal value by at most 2^-8 of
+/// itself (8 significant bits).
+inline constexpr double unit_roundoff = 0x1p-8;
+
+/// How far, relative to max|v|, bfloat16 FAVOR+ may be from float FAVOR+ on the same rounded
+/// inputs (docs/algorithms.md §10.1): each term of num and den has three factors rounded, so
+/// moves by at most delta = (1 + u_b)^3 - 1, and num / den by at most 2 delta / (1 - delta):
+/// about 0.0238.
+inline double rounding_bound() {
+  const double delta = std::pow(1.0 + unit_roundoff, 3) - 1.0;
+  return 2.0 * delta / (1.0 - delta);
+}
+
 /// gamma = d 2^-24 max_ij sum_k |x_ik w_jk|, x and w rounded: a float sum of the d exact
 /// bfloat16 products x_i . w_j, in any order, is within gamma of the exact projection (each
 /// partial sum rounds once, by at most 2^-24 of a value below sum_k |x_ik w_jk|).

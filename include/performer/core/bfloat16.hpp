@@ -3,7 +3,7 @@
 /// and which of them this CPU runs (docs/algorithms.md §10).
 ///
 /// bfloat16 keeps float's 8-bit exponent and 8 of its 24 significand bits (a relative rounding
-/// error of at most 2^-9, about 0.2%), so it halves the memory of features and values without
+/// error of at most 2^-8, about 0.4%), so it halves the memory of features and values without
 /// float16's overflow. Products multiply two bfloat16 values exactly in float and add them to
 /// float sums, in the order AVX512-BF16's VDPBF16PS does; the portable backend repeats that order
 /// with std::fma, so both give the same bits. AMX-BF16 has its own order.

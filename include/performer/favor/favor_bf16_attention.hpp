@@ -61,7 +61,7 @@ struct favor_bf16_options {
  * inputs. den = phi(q) . z comes out of the same product as the numerator, so each output is a
  * convex combination of the rounded values up to the rounding of [S z]. The values are scaled
  * by a power of two into [1/2, 1) first (exact), so neither bfloat16's largest value nor its
- * missing subnormals cut them. Rounding adds a relative error of about 2^-9 per operand, far
+ * missing subnormals cut them. Rounding adds a relative error of at most 2^-8 per operand, far
  * below the random features' error at m = 256 (tests/favor/favor_bf16_attention_test.cpp,
  * docs/algorithms.md §10).
  *
