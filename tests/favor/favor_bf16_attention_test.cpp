@@ -142,41 +142,49 @@ TEST_P(FavorBf16, StaysWithinTheRoundingBoundOfFloatFavor) {
   }
 }
 
-// The causal path is float FAVOR+'s causal pass on the features of the rounded rows and W: run
-// on the same rounded q, k and W, and the same layout, float FAVOR+ differs only in the order
-// the projections' exact bfloat16 products are summed. Each projection x.w then moves by at
-// most gamma = d 2^-24 sum_i |x_i w_i| (a float sum of d terms), each exponent (x.w - max) s by
-// 2 s gamma, and a feature by a factor within exp(+-2 s gamma); a kernel value phi(q).phi(k)
-// by a factor within exp(+-e), e = 4 s gamma, so every weight of the convex combination out_i
-// moves by a factor within exp(+-2 e): |d out_i| <= 2 (exp(2 e) - 1) max|v|, plus float's own
-// rounding of the sums (1e-5 max|v| is far above it at these sizes).
-TEST_P(FavorBf16, CausalIsFloatCausalFavorOnTheRoundedRows) {
+// The causal path is float FAVOR+'s causal pass on bf16_projection's features, with the fold
+// of each chunk's keys into the state and the carried product phi(Q_c) [S z] in bfloat16. Run
+// on the same rounded q, k, v and W, and the same layout, float causal FAVOR+ differs in two
+// ways. (1) The order the projections' exact bfloat16 products are summed: each projection x.w
+// moves by at most gamma = d 2^-24 sum_i |x_i w_i| (a float sum of d terms), each exponent
+// (x.w - max) s by 2 s gamma, a feature by a factor within exp(+-2 s gamma), and a kernel value
+// phi(q).phi(k) by a factor within exp(+-e), e = 4 s gamma. (2) In the carried product, each
+// term of num and den has three factors rounded to bfloat16 (the query feature, the weighted
+// key feature, [S z]), as in StaysWithinTheRoundingBoundOfFloatFavor. So every term moves by
+// at most delta = exp(e) (1 + 2^-8)^3 - 1 of itself, and each output by 2 delta / (1 - delta)
+// max|v|, plus float's own rounding of the sums (1e-5 max|v| is far above it at these sizes).
+TEST_P(FavorBf16, CausalStaysWithinTheRoundingBoundOfFloatCausalFavor) {
   skip_unless_available(GetParam());
   struct shape {
     index_t n, d, d_v, m;
   };
   for (const shape s :
        {shape{n, d, d, m}, shape{1, 3, 1, 5}, shape{37, 5, 3, 33}, shape{300, 17, 40, 31}}) {
-    const auto q = uniform(s.n, s.d, 1), k = uniform(s.n, s.d, 2), v = uniform(s.n, s.d_v, 3);
+    const auto q = rounded(uniform(s.n, s.d, 1)), k = rounded(uniform(s.n, s.d, 2)),
+               v = rounded(uniform(s.n, s.d_v, 3));
     const bf16_favor a(s.d, s.m, 5, {}, {}, {.backend = GetParam(), .causal = causal_layout});
     favor_attention<float> f(s.d, s.m, 5, {}, {}, causal_layout);
     const row_matrix<float> w = rounded(f.projection().matrix());
     ASSERT_TRUE(w == rounded(a.projection().matrix())) << "one seed, one projection";
-    const row_matrix<float> unrounded = run(f, q, k, v, causal);
     f.projection().set_matrix(w);
-    const row_matrix<float> ours = run(a, q, k, v, causal),
-                            theirs = run(f, rounded(q), rounded(k), v, causal);
+    const row_matrix<float> ours = run(a, q, k, v, causal), theirs = run(f, q, k, v, causal);
     const double s_scale = std::pow(static_cast<double>(s.d), -0.25);
     const double gamma = std::max(projection_sum_error(q, w), projection_sum_error(k, w));
     const double e = 4.0 * s_scale * gamma;
+    const double delta = std::exp(e) * std::pow(1.0 + unit_roundoff, 3) - 1.0;
     const double v_max = v.cwiseAbs().maxCoeff();
-    const double bound = 2.0 * std::expm1(2.0 * e) * v_max + 1e-5 * v_max;
-    EXPECT_LE((ours - theirs).cwiseAbs().maxCoeff(), bound)
+    const double worst = (ours - theirs).cwiseAbs().maxCoeff();
+    EXPECT_LE(worst, (2.0 * delta / (1.0 - delta) + 1e-5) * v_max)
         << "n " << s.n << " d " << s.d << " d_v " << s.d_v << " m " << s.m;
-    // The rows and W are rounded: float FAVOR+ on the unrounded ones differs (but for one
-    // token, whose output is its own value).
-    if (s.n > 1) {
-      EXPECT_GT((ours - unrounded).cwiseAbs().maxCoeff(), 1e-6) << "n " << s.n;
+    // Against the same pass with float products on the same features (causal_type, whose
+    // projection is the same bfloat16 product): only (2) is left, and past the first chunk,
+    // where the carried product starts, it must show.
+    const bf16_favor::causal_type same_features(s.d, s.m, 5, bf16_projection<>({}, GetParam()), {},
+                                                causal_layout);
+    const double rounding_only = (ours - run(same_features, q, k, v, causal)).cwiseAbs().maxCoeff();
+    EXPECT_LE(rounding_only, (rounding_bound() + 1e-5) * v_max) << "n " << s.n;
+    if (s.n > causal_layout.chunk) {
+      EXPECT_GT(rounding_only, 1e-6) << "n " << s.n;
     }
   }
 }

@@ -177,7 +177,8 @@ class favor_attention {
   // helpers below, so that it recomputes exactly what the forward computed.
   friend struct attention_gradient<favor_attention>;
   // The causal path (favor/detail/causal_pass.hpp) uses the same helpers.
-  friend struct detail::causal_pass<favor_attention>;
+  template <class, class>
+  friend struct detail::causal_pass;
 
   static constexpr Acc minus_inf = -std::numeric_limits<Acc>::infinity();
 

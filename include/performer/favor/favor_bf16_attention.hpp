@@ -21,6 +21,7 @@
 #include "../core/types.hpp"
 #include "../core/validate.hpp"
 #include "../random/projection.hpp"
+#include "detail/bf16_state_products.hpp"
 #include "detail/causal_pass.hpp"
 #include "detail/layout.hpp"
 #include "favor_attention.hpp"
@@ -66,8 +67,9 @@ struct favor_bf16_options {
  * docs/algorithms.md §10).
  *
  * Causal: favor_attention<float>'s causal pass (chunks, carried state, waves) on features from
- * bf16_projection, so only the projection, the O(N m d) part, runs in bfloat16; the chunk and
- * state products, O(N (C + M) d_v), stay float (docs/algorithms.md §10.2).
+ * bf16_projection, with the fold of each chunk's keys and the carried product phi(Q_c) [S z] in
+ * bfloat16 (bf16::state_products); the chunk's own C x C products, O(N C (M + d_v)), stay float
+ * (docs/algorithms.md §10.2).
  *
  * Results are the same bits on any thread count, for one backend; AMX's bits differ from the
  * portable and AVX512-BF16 ones, which agree.
@@ -100,8 +102,6 @@ class favor_bf16_attention {
     vector<float> log_scale;  ///< B
     row_matrix<float> num;    ///< [num den], B x (d_v + 1)
     detail::bf16::aligned_buffer<detail::bf16::pair> row_pairs, feature_pairs;
-    row_matrix<float> values_scaled;  ///< the key block's values, scaled (B x d_v)
-    detail::bf16::packed_rhs values;  ///< and packed
   };
 
   struct workspace_type {
@@ -157,9 +157,20 @@ class favor_bf16_attention {
     PERFORMER_PRECONDITION(q.cols() == projection().dim(), who, ": q is ", detail::shape(q),
                            " but the projection is for head width ", projection().dim());
     if (mask.causal) {
-      // favor_attention's causal pass itself, past its forward()'s checks (done above).
-      detail::causal_pass<causal_type>{causal_,  causal_.feature_map(), q, k, v, out, mask,
-                                       ws.causal}
+      // favor_attention's causal pass itself, past its forward()'s checks (done above), with
+      // its fold and carried product in bfloat16.
+      using pass = detail::causal_pass<causal_type, detail::bf16::state_products>;
+      pass{causal_,
+           causal_.feature_map(),
+           q,
+           k,
+           v,
+           out,
+           mask,
+           ws.causal,
+           nullptr,
+           1,
+           detail::bf16::state_products{options_.backend, detail::bf16::value_scaling(v)}}
           .run();
     } else {
       run(q, k, v, out, mask, ws);
@@ -178,12 +189,11 @@ class favor_bf16_attention {
   void features_of(const const_matrix_ref<float>& x, index_t r0, index_t rows, lane_type& lane,
                    const detail::bf16::packed_rhs& w) const;
 
-  /// The state of keys [begin, end), from zero: per block, the features weighted relative to
-  /// the running maximum of the log scales and rounded, as pairs of keys (the left operand of
-  /// S += phi(K)^T V), z summed from the same rounded values.
+  /// The state of keys [begin, end), from zero: per block, the features of the keys, then the
+  /// fold that the causal path uses too (bf16::state_products::fold).
   void key_state(const const_matrix_ref<float>& k, const const_matrix_ref<float>& v,
-                 const std::array<float, 2>& value_scale, const attention_mask& mask, index_t begin,
-                 index_t end, state_type& st, lane_type& lane,
+                 const detail::bf16::state_products& products, const attention_mask& mask,
+                 index_t begin, index_t end, state_type& st, lane_type& lane,
                  const detail::bf16::packed_rhs& w) const;
 
   favor_bf16_options options_;
@@ -210,27 +220,16 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
     if (lane.num.rows() != options_.block || lane.num.cols() != v.cols() + 1) {
       lane.num.resize(options_.block, v.cols() + 1);
     }
-    if (lane.values_scaled.rows() != options_.block || lane.values_scaled.cols() != v.cols()) {
-      lane.values_scaled.resize(options_.block, v.cols());
-    }
   }
   if (ws.states.size() < static_cast<std::size_t>(segments.count)) {
     ws.states.resize(segments.count);
   }
-  // The values go into bfloat16 scaled by a power of two that brings the largest to [1/2, 1):
-  // exact, and values that would round past bfloat16's largest or fall below its smallest
-  // normal (VDPBF16PS and AMX read subnormals as zero) keep their size relative to the others.
-  const float v_max = detail::reduce_row_ranges(
-      v.rows(), v.size(), 0.0f,
-      [&](index_t r0, index_t r1) { return v.middleRows(r0, r1 - r0).cwiseAbs().maxCoeff(); },
-      [](float a, float b) { return std::max(a, b); });
-  const int v_exponent = v_max > 0.0f ? std::ilogb(v_max) + 1 : 0;
-  const std::array<float, 2> value_scale{std::ldexp(1.0f, -v_exponent / 2),
-                                         std::ldexp(1.0f, -v_exponent + v_exponent / 2)};
+  const detail::bf16::state_products products{options_.backend, detail::bf16::value_scaling(v)};
+  const int v_exponent = products.scaling.exponent;
   detail::bf16::pack_transposed(projection().matrix(), ws.projection);
 
   detail::parallel_for(segments.count, [&](index_t s, index_t lane) {
-    key_state(k, v, value_scale, mask, segments.start(s), segments.start(s + 1), ws.states[s],
+    key_state(k, v, products, mask, segments.start(s), segments.start(s + 1), ws.states[s],
               ws.lanes[lane], ws.projection);
   });
   state_type& total = ws.states[0];
@@ -290,40 +289,16 @@ template <class FeatureMap, projection_sampler Sampler>
   requires projected_feature_map<FeatureMap, float>
 void favor_bf16_attention<FeatureMap, Sampler>::key_state(
     const const_matrix_ref<float>& k, const const_matrix_ref<float>& v,
-    const std::array<float, 2>& value_scale, const attention_mask& mask, index_t begin, index_t end,
-    state_type& st, lane_type& lane, const detail::bf16::packed_rhs& w) const {
-  const index_t m = feature_count();
-  const index_t d_v = v.cols();
-  st.reset(m, d_v);
+    const detail::bf16::state_products& products, const attention_mask& mask, index_t begin,
+    index_t end, state_type& st, lane_type& lane, const detail::bf16::packed_rhs& w) const {
+  st.reset(feature_count(), v.cols());
   for (index_t k0 = begin; k0 < end; k0 += options_.block) {
     const index_t rows = std::min(options_.block, end - k0);
     features_of(k, k0, rows, lane, w);
     detail::drop_padded_keys(mask, k0, lane.log_scale.head(rows));
     const float block_max = lane.log_scale.head(rows).maxCoeff();
-    if (block_max == -std::numeric_limits<float>::infinity()) continue;  // all padding
-    st.raise(block_max);
-    const index_t key_pairs = (rows + 1) / 2;
-    lane.feature_pairs.resize(static_cast<std::size_t>(key_pairs * m));
-    for (index_t p = 0; p < key_pairs; ++p) {
-      const bool odd = 2 * p + 1 < rows;
-      detail::bf16::pack_two_rows(
-          &lane.phi(2 * p, 0), detail::shifted_exp(lane.log_scale(2 * p), st.shift),
-          odd ? &lane.phi(2 * p + 1, 0) : nullptr,
-          odd ? detail::shifted_exp(lane.log_scale(2 * p + 1), st.shift) : 0.0f, m,
-          lane.feature_pairs.data() + p * m, st.norm.data());
-    }
-    // The block's values scaled by 2^-e (two factors: 2^148 is not a float) and packed as
-    // pairs of keys.
-    auto values = lane.values_scaled.topRows(rows);
-    values = (v.middleRows(k0, rows) * value_scale[0]) * value_scale[1];
-    lane.values.reset(rows, d_v);
-    for (index_t p = 0; p < key_pairs; ++p) {
-      detail::bf16::pack_two_rows(&values(2 * p, 0), 1.0f,
-                                  2 * p + 1 < rows ? &values(2 * p + 1, 0) : nullptr, 1.0f, d_v,
-                                  lane.values.row(p), nullptr);
-    }
-    detail::bf16::product({lane.feature_pairs.data(), m, 1, m}, lane.values, st.sum.data(), d_v,
-                          options_.backend);
+    products.fold(lane.phi.topRows(rows), lane.log_scale.head(rows), v.middleRows(k0, rows), st,
+                  block_max);
   }
 }
 

@@ -7,14 +7,15 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../../core/attention_mask.hpp"
 #include "../../core/detail/online_softmax.hpp"
 #include "../../core/detail/parallel.hpp"
-#include "../../core/validate.hpp"
 #include "../../core/types.hpp"
+#include "../../core/validate.hpp"
 #include "../state.hpp"
 #include "accumulator.hpp"
 #include "layout.hpp"
@@ -34,6 +35,10 @@ struct causal_block {
   std::vector<favor_state<Acc>> states;
 };
 
+/// The causal pass's fold and carried product as favor_attention computes them: Eigen products
+/// in Acc. favor_bf16_attention passes bf16::state_products instead.
+struct own_products {};
+
 /**
  * @brief The causal pass of favor_attention (Attention) over one call's arguments.
  *
@@ -49,8 +54,12 @@ struct causal_block {
  * - several: waves of W blocks. (A) in parallel, each block maps its features, sums its
  *   chunks and folds its keys, copying R_c at every chunk boundary; (B) in block order, the
  *   prefix gives each block S_b; (C) in parallel, each chunk adds phi(Q_c) (S_b + R_c).
+ *
+ * Products: the O(N M d_v) two, the fold of a chunk's keys into the state and the carried
+ * product phi(Q_c) [S z], run as Products says (own_products: Attention's own); the chunk's
+ * C x C products stay Attention's.
  */
-template <class Attention>
+template <class Attention, class Products = own_products>
 struct causal_pass {
   using T = typename Attention::scalar_type;
   using Acc = typename Attention::accumulator_type;
@@ -73,6 +82,8 @@ struct causal_pass {
   /// Where the backward's key states go, if anywhere: the keys before every stride-th block.
   std::vector<state_type>* kept = nullptr;
   index_t stride = 1;
+  Products products = {};
+  static constexpr bool own = std::is_same_v<Products, own_products>;
 
   [[nodiscard]] index_t block() const { return a.options_.block; }
   [[nodiscard]] index_t chunk() const { return std::min(a.options_.chunk, block()); }
@@ -157,8 +168,7 @@ struct causal_pass {
         for (index_t c = 0, r0 = 0; r0 < rows; ++c, r0 += chunk()) {
           // R_0 is empty: nothing of the block comes before its first chunk.
           const state_type* inside = c == 0 ? nullptr : &blk.states[static_cast<std::size_t>(c)];
-          add_earlier(r0, std::min(chunk(), rows - r0), blk.states[0], inside, blk,
-                      ws.lanes[lane]);
+          add_earlier(r0, std::min(chunk(), rows - r0), blk.states[0], inside, blk, ws.lanes[lane]);
         }
         finish(w0 + i, blk, first_seeing);
       });
@@ -222,9 +232,8 @@ struct causal_pass {
     }
     for (index_t i = 0; i < rows; ++i) {
       for (index_t j = 0; j <= i; ++j) {
-        scores(i, j) *= shift(j) == shift(i)
-                            ? weights(j)
-                            : shifted_exp(static_cast<Acc>(log_k(j)), shift(i));
+        scores(i, j) *=
+            shift(j) == shift(i) ? weights(j) : shifted_exp(static_cast<Acc>(log_k(j)), shift(i));
       }
       scores.row(i).tail(rows - i - 1).setZero();
     }
@@ -234,8 +243,13 @@ struct causal_pass {
 
   /// The chunk's keys join the block's state, at the chunk's last shift.
   void fold(index_t t0, index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
-    a.accumulate(lane.phi_k.middleRows(r0, rows), lane.log_k.segment(r0, rows),
-                 v.middleRows(t0, rows), blk.states[0], blk.local_max(r0 + rows - 1), lane);
+    if constexpr (own) {
+      a.accumulate(lane.phi_k.middleRows(r0, rows), lane.log_k.segment(r0, rows),
+                   v.middleRows(t0, rows), blk.states[0], blk.local_max(r0 + rows - 1), lane);
+    } else {
+      products.fold(lane.phi_k.middleRows(r0, rows), lane.log_k.segment(r0, rows),
+                    v.middleRows(t0, rows), blk.states[0], blk.local_max(r0 + rows - 1));
+    }
   }
 
   /// Adds phi(Q_c) (S_b + R_c) to the chunk's sums: `before` holds S_b, `inside` R_c (none
@@ -264,13 +278,17 @@ struct causal_pass {
   void rescale_into(index_t r0, index_t rows, const state_type& carried, block_type& blk,
                     lane_type& lane) const {
     const auto phi_q_rows = blk.phi_q.middleRows(r0, rows);
-    const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
     auto num = blk.num.middleRows(r0, rows);
     auto den = blk.den.segment(r0, rows);
     auto earlier_num = lane.num.topRows(rows);
     auto earlier_den = lane.den.head(rows);
-    earlier_num.noalias() = phi_q * carried.sum;
-    earlier_den.noalias() = phi_q * carried.norm;
+    if constexpr (own) {
+      const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
+      earlier_num.noalias() = phi_q * carried.sum;
+      earlier_den.noalias() = phi_q * carried.norm;
+    } else {
+      products.carried(phi_q_rows, carried, earlier_num, earlier_den);
+    }
     for (index_t i = 0; i < rows; ++i) {
       const Acc local = blk.local_max(r0 + i);
       const Acc shift = std::max(carried.shift, local);

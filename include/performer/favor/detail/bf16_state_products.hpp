@@ -1,0 +1,118 @@
+/// @file favor/detail/bf16_state_products.hpp
+/// @brief The causal pass's fold and carried product on bfloat16 operands with float sums
+/// (favor_bf16_attention's causal path, docs/algorithms.md §10.2), and the power-of-two scaling
+/// that brings the values into bfloat16's range first.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+
+#include "../../core/bfloat16.hpp"
+#include "../../core/detail/bf16_product.hpp"
+#include "../../core/detail/online_softmax.hpp"
+#include "../../core/detail/parallel.hpp"
+#include "../../core/types.hpp"
+#include "../state.hpp"
+
+namespace performer::detail::bf16 {
+
+/// v scaled by 2^-e, e = ilogb(max|v|) + 1, has its largest entry in [1/2, 1): exact, and values
+/// that would round past bfloat16's largest or fall below its smallest normal (VDPBF16PS and
+/// AMX read subnormals as zero) keep their size relative to the others. 2^±e go as two factors
+/// each, as 2^148 is not a float.
+struct value_scaling {
+  int exponent = 0;
+  std::array<float, 2> down{1.0f, 1.0f};  ///< their product is 2^-e
+  std::array<float, 2> up{1.0f, 1.0f};    ///< their product is 2^e
+
+  explicit value_scaling(const const_matrix_ref<float>& v) {
+    const float v_max = reduce_row_ranges(
+        v.rows(), v.size(), 0.0f,
+        [&](index_t r0, index_t r1) { return v.middleRows(r0, r1 - r0).cwiseAbs().maxCoeff(); },
+        [](float a, float b) { return std::max(a, b); });
+    exponent = v_max > 0.0f ? std::ilogb(v_max) + 1 : 0;
+    down = {std::ldexp(1.0f, -exponent / 2), std::ldexp(1.0f, -exponent + exponent / 2)};
+    up = {std::ldexp(1.0f, exponent / 2), std::ldexp(1.0f, exponent - exponent / 2)};
+  }
+};
+
+/**
+ * @brief The two O(N M d_v) products of favor_attention's causal pass (detail::causal_pass) on
+ * bfloat16 operands: the fold S += phi_w(K_c)^T V_c of a chunk's keys, its weighted features
+ * rounded as pairs of keys and z summed from the same rounded values (as the bidirectional
+ * key state), and the carried product phi(Q_c) [S z], with [S z] rounded and packed per chunk.
+ * The state holds the values scaled by 2^-e (value_scaling); the carried numerators come back
+ * scaled by 2^e. The chunk's own C x C products stay float.
+ *
+ * Each thread keeps its packed operands (thread-local, grown only). Per chunk of C tokens:
+ * O(C M d_v) in the products, O(M d_v) to round and pack [S z].
+ */
+struct state_products {
+  bf16_backend backend;
+  value_scaling scaling;
+
+  template <class Phi, class LogScale>
+  void fold(const Phi& phi, const LogScale& log_scale, const const_matrix_ref<float>& v,
+            favor_state<float>& st, float new_c) const {
+    if (new_c == -std::numeric_limits<float>::infinity()) return;  // every key is padding
+    st.raise(new_c);
+    const index_t rows = phi.rows();
+    const index_t m = phi.cols();
+    const index_t d_v = v.cols();
+    const index_t key_pairs = (rows + 1) / 2;
+    thread_local scratch s;
+    s.pairs.resize(static_cast<std::size_t>(key_pairs * m));
+    for (index_t p = 0; p < key_pairs; ++p) {
+      const bool odd = 2 * p + 1 < rows;
+      pack_two_rows(&phi(2 * p, 0), shifted_exp(log_scale(2 * p), st.shift),
+                    odd ? &phi(2 * p + 1, 0) : nullptr,
+                    odd ? shifted_exp(log_scale(2 * p + 1), st.shift) : 0.0f, m,
+                    s.pairs.data() + p * m, st.norm.data());
+    }
+    if (s.values.rows() < rows || s.values.cols() != d_v) s.values.resize(rows, d_v);
+    auto values = s.values.topRows(rows);
+    values = (v * scaling.down[0]) * scaling.down[1];
+    s.rhs.reset(rows, d_v);
+    for (index_t p = 0; p < key_pairs; ++p) {
+      pack_two_rows(&values(2 * p, 0), 1.0f, 2 * p + 1 < rows ? &values(2 * p + 1, 0) : nullptr,
+                    1.0f, d_v, s.rhs.row(p), nullptr);
+    }
+    product({s.pairs.data(), m, 1, m}, s.rhs, st.sum.data(), d_v, backend);
+  }
+
+  template <class PhiQ, class Num, class Den>
+  void carried(const PhiQ& phi_q, const favor_state<float>& carried, Num& num, Den& den) const {
+    const index_t rows = phi_q.rows();
+    const index_t m = carried.sum.rows();
+    const index_t d_v = carried.sum.cols();
+    thread_local scratch s;
+    // [S z] as pairs of features, z in the last column: den comes out of the same product.
+    s.rhs.reset(m, d_v + 1);
+    for (index_t p = 0; p < (m + 1) / 2; ++p) {
+      const bool odd = 2 * p + 1 < m;
+      pack_two_rows(&carried.sum(2 * p, 0), 1.0f, odd ? &carried.sum(2 * p + 1, 0) : nullptr, 1.0f,
+                    d_v, s.rhs.row(p), nullptr);
+      s.rhs.row(p)[d_v] = pack(carried.norm(2 * p), odd ? carried.norm(2 * p + 1) : 0.0f);
+    }
+    const index_t row_pairs = (m + 1) / 2;
+    s.pairs.resize(static_cast<std::size_t>(rows * row_pairs));
+    for (index_t i = 0; i < rows; ++i) pack_row(&phi_q(i, 0), m, s.pairs.data() + i * row_pairs);
+    if (s.values.rows() < rows || s.values.cols() != d_v + 1) s.values.resize(rows, d_v + 1);
+    product({s.pairs.data(), rows, row_pairs, 1}, s.rhs, s.values.data(), d_v + 1, backend,
+            /*accumulate=*/false);
+    num = (s.values.topLeftCorner(rows, d_v) * scaling.up[0]) * scaling.up[1];
+    den = s.values.col(d_v).head(rows);
+  }
+
+ private:
+  /// One thread's operands: a left operand of pairs, a packed right one, a float block.
+  struct scratch {
+    aligned_buffer<pair> pairs;
+    packed_rhs rhs;
+    row_matrix<float> values;
+  };
+};
+
+}  // namespace performer::detail::bf16
