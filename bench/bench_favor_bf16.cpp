@@ -1,5 +1,5 @@
 // FAVOR+ bidirectional and causal in float (favor_attention<float>) against bfloat16
-// (favor_bf16_attention: causal, only the projections are bfloat16 products) on each backend this
+// (favor_bf16_attention: causal, all but the chunks' own products in bfloat16) on each backend this
 // CPU runs (the others reported as skipped, with the reason), one head, d = d_v = 64, m = 256, N =
 // 16,384 and 1,048,576, the harness's inputs (bench/workloads.hpp: q and k uniform in [-0.5, 0.5],
 // v in [-1, 1]). Counters: "rel_err" (against exact attention in double on 64 sampled rows, as

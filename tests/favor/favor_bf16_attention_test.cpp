@@ -30,8 +30,10 @@ using bf16_favor = favor_bf16_attention<>;
 
 /// Causal attention on the layout of the suites' maker: blocks of 16 in waves of 3, chunks of 4,
 /// on several threads however small the blocks.
+/// Chunks of 5 in blocks of 16 (5, 5, 5, 1): odd chunks, whose last key has no partner in the
+/// fold's pairs of keys, are folded into states that later chunks read.
 constexpr favor_options causal_layout{
-    .block = 16, .chunk = 4, .wave_blocks = 3, .parallel_block_work = 1};
+    .block = 16, .chunk = 5, .wave_blocks = 3, .parallel_block_work = 1};
 
 /// Blocks of 7 tokens and segments of at least 4: the suites' short sequences are cut into
 /// ragged blocks and split into segments, as long ones are.
@@ -115,7 +117,8 @@ TEST_P(FavorBf16, ErrorAgainstExactIsWithinHalfAPercentOfFloats) {
 // Float FAVOR+ on the same rounded q, k, v and W computes the same estimator; what differs is
 // the rounding of the weighted key features, the query features and [S z]: three factors of
 // each term of num and den, so every output is within rounding_bound() max|v| (2 delta /
-// (1 - delta), delta = (1 + 2^-8)^3 - 1: 0.0238 max|v|) plus float's own rounding (1e-5).
+// (1 - delta), delta = (1 + 2^-8)^3 - 1: 0.0238 max|v|), a little more for the order of the
+// projections' sums (projection_order_eps), plus float's own rounding (1e-5).
 TEST_P(FavorBf16, StaysWithinTheRoundingBoundOfFloatFavor) {
   skip_unless_available(GetParam());
   struct shape {
@@ -131,7 +134,10 @@ TEST_P(FavorBf16, StaysWithinTheRoundingBoundOfFloatFavor) {
     favor_attention<float> f(s.d, s.m, 5);
     f.projection().set_matrix(rounded(f.projection().matrix()));
     const row_matrix<float> ours = run(a, q, k, v), theirs = run(f, q, k, v);
-    const double bound = (rounding_bound() + 1e-5) * v.cwiseAbs().maxCoeff();
+    // The projections' summation order moves a kernel value by a factor within exp(+-e), as in
+    // CausalStaysWithinTheRoundingBoundOfFloatCausalFavor.
+    const double e = projection_order_eps(q, k, f.projection().matrix());
+    const double bound = (rounding_bound(e) + 1e-5) * v.cwiseAbs().maxCoeff();
     const double worst = (ours - theirs).cwiseAbs().maxCoeff();
     EXPECT_LE(worst, bound) << "n " << s.n << " d " << s.d << " d_v " << s.d_v << " m " << s.m;
     // Rounding must show: an implementation that kept float features would pass the bound
@@ -168,13 +174,10 @@ TEST_P(FavorBf16, CausalStaysWithinTheRoundingBoundOfFloatCausalFavor) {
     ASSERT_TRUE(w == rounded(a.projection().matrix())) << "one seed, one projection";
     f.projection().set_matrix(w);
     const row_matrix<float> ours = run(a, q, k, v, causal), theirs = run(f, q, k, v, causal);
-    const double s_scale = std::pow(static_cast<double>(s.d), -0.25);
-    const double gamma = std::max(projection_sum_error(q, w), projection_sum_error(k, w));
-    const double e = 4.0 * s_scale * gamma;
-    const double delta = std::exp(e) * std::pow(1.0 + unit_roundoff, 3) - 1.0;
+    const double e = projection_order_eps(q, k, w);
     const double v_max = v.cwiseAbs().maxCoeff();
     const double worst = (ours - theirs).cwiseAbs().maxCoeff();
-    EXPECT_LE(worst, (2.0 * delta / (1.0 - delta) + 1e-5) * v_max)
+    EXPECT_LE(worst, (rounding_bound(e) + 1e-5) * v_max)
         << "n " << s.n << " d " << s.d << " d_v " << s.d_v << " m " << s.m;
     // Against the same pass with float products on the same features (causal_type, whose
     // projection is the same bfloat16 product): only (2) is left, and past the first chunk,
@@ -197,27 +200,41 @@ INSTANTIATE_TEST_SUITE_P(Backends, FavorBf16,
 // AVX512-BF16 sums in the portable code's order: the same bits.
 TEST(FavorBf16Backends, Avx512Bf16GivesThePortableBits) {
   skip_unless_available(bf16_backend::avx512_bf16);
-  const auto q = uniform(300, d, 1), k = uniform(500, d, 2), v = uniform(500, 40, 3);
-  const auto portable =
-      run(bf16_favor(d, m, 5, {}, {}, {.backend = bf16_backend::portable}), q, k, v);
-  const auto fast =
-      run(bf16_favor(d, m, 5, {}, {}, {.backend = bf16_backend::avx512_bf16}), q, k, v);
-  EXPECT_TRUE(portable == fast);
+  const auto k = uniform(500, d, 2), v = uniform(500, 40, 3);
+  for (const bool is_causal : {false, true}) {
+    const auto q = uniform(is_causal ? 500 : 300, d, 1);
+    const attention_mask mask{is_causal, {}};
+    const auto with = [&](bf16_backend b) {
+      return run(bf16_favor(d, m, 5, {}, {}, {.backend = b, .causal = causal_layout}), q, k, v,
+                 mask);
+    };
+    EXPECT_TRUE(with(bf16_backend::portable) == with(bf16_backend::avx512_bf16))
+        << "causal " << is_causal;
+  }
 }
 
-// AMX sums in an order of its own: the same estimate within float rounding of the products.
-TEST(FavorBf16Backends, AmxMatchesPortableWithinFloatRounding) {
+// AMX sums in an order of its own: the same estimate within the rounding bounds.
+TEST(FavorBf16Backends, AmxMatchesPortableWithinTheRoundingBound) {
   skip_unless_available(bf16_backend::amx);
-  const auto q = uniform(300, d, 1), k = uniform(500, d, 2), v = uniform(500, 40, 3);
-  const auto portable =
-      run(bf16_favor(d, m, 5, {}, {}, {.backend = bf16_backend::portable}), q, k, v);
-  const auto amx = run(bf16_favor(d, m, 5, {}, {}, {.backend = bf16_backend::amx}), q, k, v);
-  // Both are within StaysWithinTheRoundingBoundOfFloatFavor's bound of float FAVOR+ on the
-  // rounded inputs, so within twice that of each other; an AMX tile that summed the wrong
-  // operands would be off by the values' size.
-  EXPECT_LE((portable - amx).cwiseAbs().maxCoeff(),
-            2.0 * (rounding_bound() + 1e-5) * v.cwiseAbs().maxCoeff());
-  EXPECT_FALSE(portable == amx) << "AMX's own summation order should show in some bits";
+  const auto k = uniform(500, d, 2), v = uniform(500, 40, 3);
+  for (const bool is_causal : {false, true}) {
+    const auto q = uniform(is_causal ? 500 : 300, d, 1);
+    const attention_mask mask{is_causal, {}};
+    const auto with = [&](bf16_backend b) {
+      return run(bf16_favor(d, m, 5, {}, {}, {.backend = b, .causal = causal_layout}), q, k, v,
+                 mask);
+    };
+    const auto portable = with(bf16_backend::portable), amx = with(bf16_backend::amx);
+    // Both are within rounding_bound(e) max|v| of float FAVOR+ on the rounded inputs (e from
+    // the projections' summation order, as in CausalStaysWithinTheRoundingBoundOfFloatCausalFavor),
+    // so within twice that of each other; an AMX tile that summed the wrong operands would be
+    // off by the values' size.
+    const double e = projection_order_eps(q, k, rounded(bf16_favor(d, m, 5).projection().matrix()));
+    EXPECT_LE((portable - amx).cwiseAbs().maxCoeff(),
+              2.0 * (rounding_bound(e) + 1e-5) * v.cwiseAbs().maxCoeff())
+        << "causal " << is_causal;
+    EXPECT_FALSE(portable == amx) << "AMX's own summation order should show in some bits";
+  }
 }
 
 TEST(FavorBf16Backends, UnavailableBackendIsRefusedAtConstruction) {

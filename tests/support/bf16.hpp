@@ -3,6 +3,7 @@
 // exact projection (their bounds start from it), and a feature map neither class may take.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 
 #include <performer/core/bfloat16.hpp>
@@ -21,11 +22,12 @@ inline row_matrix<float> rounded(const row_matrix<float>& x) {
 inline constexpr double unit_roundoff = 0x1p-8;
 
 /// How far, relative to max|v|, bfloat16 FAVOR+ may be from float FAVOR+ on the same rounded
-/// inputs (docs/algorithms.md §10.1): each term of num and den has three factors rounded, so
-/// moves by at most delta = (1 + u_b)^3 - 1, and num / den by at most 2 delta / (1 - delta):
-/// about 0.0238.
-inline double rounding_bound() {
-  const double delta = std::pow(1.0 + unit_roundoff, 3) - 1.0;
+/// inputs (docs/algorithms.md §10.1, §10.2): each term of num and den has three factors
+/// rounded, and a kernel value may move by a factor within exp(+-eps) from the order of the
+/// projection's sums, so a term moves by at most delta = exp(eps) (1 + u_b)^3 - 1, and num / den
+/// by at most 2 delta / (1 - delta): about 0.0238 for eps = 0.
+inline double rounding_bound(double eps = 0.0) {
+  const double delta = std::exp(eps) * std::pow(1.0 + unit_roundoff, 3) - 1.0;
   return 2.0 * delta / (1.0 - delta);
 }
 
@@ -42,5 +44,14 @@ inline double projection_sum_error(const row_matrix<float>& x, const row_matrix<
 struct doubled_features : positive_features<float> {
   [[nodiscard]] index_t feature_count(index_t m, index_t /*d*/) const { return 2 * m; }
 };
+
+/// eps for rounding_bound(): a projection summed in another order moves by at most gamma
+/// (projection_sum_error), an exponent (x.w - max) s by 2 s gamma (s = d^-1/4), a feature by a
+/// factor within exp(+-2 s gamma), so a kernel value phi(q).phi(k) within exp(+-4 s gamma).
+inline double projection_order_eps(const row_matrix<float>& q, const row_matrix<float>& k,
+                                   const row_matrix<float>& w) {
+  return 4.0 * std::pow(static_cast<double>(q.cols()), -0.25) *
+         std::max(projection_sum_error(q, w), projection_sum_error(k, w));
+}
 
 }  // namespace performer::test

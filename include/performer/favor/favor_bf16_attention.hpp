@@ -52,8 +52,9 @@ struct favor_bf16_options {
 /**
  * @brief FAVOR+ attention whose products read bfloat16 and sum in float: the queries, keys and
  * values are rounded to bfloat16, and the projection x W^T, the key state S = phi(K)^T V and the
- * output phi(Q) [S z] take bfloat16 operands (key features weighted and rounded, the state
- * rounded once per call); every sum, the normaliser z and the stabiliser stay in float.
+ * output phi(Q) [S z] take bfloat16 operands (key features weighted and rounded; bidirectional,
+ * the state rounded once per call, causal, once per chunk); every sum, the normaliser z and the
+ * stabiliser stay in float.
  *
  * The features of a row are exact FAVOR+ features of the row as rounded (its norm is taken
  * from the rounded values too), so the estimator stays positive and unbiased for the rounded
@@ -74,7 +75,9 @@ struct favor_bf16_options {
  *
  * Complexity (M = m features): time O(N m d + N M d_v), of which the products run in bfloat16;
  * workspace independent of N: O(threads B (d + M + d_v) + segments M d_v + M (d + d_v));
- * causal as favor_attention's with options.causal.
+ * causal as favor_attention's with options.causal. Besides the workspace, each thread keeps its
+ * packed operands of the key fold and the carried product (bf16::state_products, O(B (M +
+ * d_v) + M d_v), thread-local, grown only).
  *
  * @tparam FeatureMap a projected_feature_map (FAVOR+'s positive_features<float> by default).
  * @tparam Sampler how projections are drawn.
@@ -235,8 +238,10 @@ void favor_bf16_attention<FeatureMap, Sampler>::run(const const_matrix_ref<float
   // [S z]: den comes out of the same product as num, from the same rounded (and, below
   // bfloat16's normal range, flushed) features and state, so num = 0 never meets den != 0.
   const index_t d_v = v.cols();
-  ws.state.assign(total.sum.rows(), d_v + 1,
-                  [&](index_t i, index_t j) { return j < d_v ? total.sum(i, j) : total.norm(i); });
+  detail::bf16::pack_state(total, ws.state);
+  // Scaled back by 2^e after normalising, so a num that 2^e would carry past float's largest
+  // (den > 1) does not overflow. The causal pass cannot wait: its carried num joins the chunk's
+  // own float sums, which are in the values' units (state_products::carried).
   const double unscale = std::ldexp(1.0, v_exponent);
   const index_t seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
 

@@ -38,11 +38,26 @@ struct value_scaling {
   }
 };
 
+/// [S z] (M x (d_v + 1), z in the last column) rounded and packed as pairs of features, the
+/// right operand of phi(Q) [S z]: den comes out of the same product as num. O(M d_v).
+inline void pack_state(const favor_state<float>& st, packed_rhs& out) {
+  const index_t m = st.sum.rows();
+  const index_t d_v = st.sum.cols();
+  out.reset(m, d_v + 1);
+  for (index_t p = 0; p < (m + 1) / 2; ++p) {
+    const bool odd = 2 * p + 1 < m;
+    pack_two_rows(&st.sum(2 * p, 0), 1.0f, odd ? &st.sum(2 * p + 1, 0) : nullptr, 1.0f, d_v,
+                  out.row(p), nullptr);
+    out.row(p)[d_v] = pack(st.norm(2 * p), odd ? st.norm(2 * p + 1) : 0.0f);
+  }
+}
+
 /**
  * @brief The two O(N M d_v) products of favor_attention's causal pass (detail::causal_pass) on
  * bfloat16 operands: the fold S += phi_w(K_c)^T V_c of a chunk's keys, its weighted features
- * rounded as pairs of keys and z summed from the same rounded values (as the bidirectional
- * key state), and the carried product phi(Q_c) [S z], with [S z] rounded and packed per chunk.
+ * rounded as pairs of keys and z summed from the same rounded values (favor_bf16_attention's
+ * bidirectional key state folds its blocks with it too), and the carried product
+ * phi(Q_c) [S z], with [S z] rounded and packed per chunk.
  * The state holds the values scaled by 2^-e (value_scaling); the carried numerators come back
  * scaled by 2^e. The chunk's own C x C products stay float.
  *
@@ -88,14 +103,7 @@ struct state_products {
     const index_t m = carried.sum.rows();
     const index_t d_v = carried.sum.cols();
     thread_local scratch s;
-    // [S z] as pairs of features, z in the last column: den comes out of the same product.
-    s.rhs.reset(m, d_v + 1);
-    for (index_t p = 0; p < (m + 1) / 2; ++p) {
-      const bool odd = 2 * p + 1 < m;
-      pack_two_rows(&carried.sum(2 * p, 0), 1.0f, odd ? &carried.sum(2 * p + 1, 0) : nullptr, 1.0f,
-                    d_v, s.rhs.row(p), nullptr);
-      s.rhs.row(p)[d_v] = pack(carried.norm(2 * p), odd ? carried.norm(2 * p + 1) : 0.0f);
-    }
+    pack_state(carried, s.rhs);
     const index_t row_pairs = (m + 1) / 2;
     s.pairs.resize(static_cast<std::size_t>(rows * row_pairs));
     for (index_t i = 0; i < rows; ++i) pack_row(&phi_q(i, 0), m, s.pairs.data() + i * row_pairs);

@@ -83,7 +83,10 @@ struct causal_pass {
   std::vector<state_type>* kept = nullptr;
   index_t stride = 1;
   Products products = {};
-  static constexpr bool own = std::is_same_v<Products, own_products>;
+  static constexpr bool uses_own_products = std::is_same_v<Products, own_products>;
+  // Other products (bfloat16) work on float sums and keep their states in units of their own
+  // (scaled values): nothing may read those states back, as the backward pass does.
+  static_assert(uses_own_products || std::is_same_v<Acc, float>);
 
   [[nodiscard]] index_t block() const { return a.options_.block; }
   [[nodiscard]] index_t chunk() const { return std::min(a.options_.chunk, block()); }
@@ -102,6 +105,8 @@ struct causal_pass {
     a.prepare(ws, lanes, 2, v.cols(), /*query_features=*/false);
     prepare_blocks(lanes == 1 ? 1 : width, lanes > 1);
     ws.states[0].reset(a.feature_count(), v.cols());
+    PERFORMER_PRECONDITION(uses_own_products || kept == nullptr,
+                           "causal_pass: only its own products keep states for a backward pass");
     if (kept != nullptr) kept->resize(static_cast<std::size_t>((blocks + stride - 1) / stride));
     if (lanes == 1) {
       in_order(blocks);
@@ -243,7 +248,7 @@ struct causal_pass {
 
   /// The chunk's keys join the block's state, at the chunk's last shift.
   void fold(index_t t0, index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
-    if constexpr (own) {
+    if constexpr (uses_own_products) {
       a.accumulate(lane.phi_k.middleRows(r0, rows), lane.log_k.segment(r0, rows),
                    v.middleRows(t0, rows), blk.states[0], blk.local_max(r0 + rows - 1), lane);
     } else {
@@ -282,7 +287,7 @@ struct causal_pass {
     auto den = blk.den.segment(r0, rows);
     auto earlier_num = lane.num.topRows(rows);
     auto earlier_den = lane.den.head(rows);
-    if constexpr (own) {
+    if constexpr (uses_own_products) {
       const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
       earlier_num.noalias() = phi_q * carried.sum;
       earlier_den.noalias() = phi_q * carried.norm;
