@@ -197,18 +197,28 @@ INSTANTIATE_TEST_SUITE_P(Backends, FavorBf16,
                                            bf16_backend::amx),
                          [](const auto& info) { return std::string(bf16_name(info.param)); });
 
+/// One input for the backends to agree on: 300 queries over 500 keys, or causal, 500 tokens.
+struct backend_case {
+  row_matrix<float> q, k, v;
+  attention_mask mask;
+
+  explicit backend_case(bool is_causal)
+      : q(uniform(is_causal ? 500 : 300, d, 1)),
+        k(uniform(500, d, 2)),
+        v(uniform(500, 40, 3)),
+        mask{is_causal, {}} {}
+
+  [[nodiscard]] row_matrix<float> with(bf16_backend b) const {
+    return run(bf16_favor(d, m, 5, {}, {}, {.backend = b, .causal = causal_layout}), q, k, v, mask);
+  }
+};
+
 // AVX512-BF16 sums in the portable code's order: the same bits.
 TEST(FavorBf16Backends, Avx512Bf16GivesThePortableBits) {
   skip_unless_available(bf16_backend::avx512_bf16);
-  const auto k = uniform(500, d, 2), v = uniform(500, 40, 3);
   for (const bool is_causal : {false, true}) {
-    const auto q = uniform(is_causal ? 500 : 300, d, 1);
-    const attention_mask mask{is_causal, {}};
-    const auto with = [&](bf16_backend b) {
-      return run(bf16_favor(d, m, 5, {}, {}, {.backend = b, .causal = causal_layout}), q, k, v,
-                 mask);
-    };
-    EXPECT_TRUE(with(bf16_backend::portable) == with(bf16_backend::avx512_bf16))
+    const backend_case c(is_causal);
+    EXPECT_TRUE(c.with(bf16_backend::portable) == c.with(bf16_backend::avx512_bf16))
         << "causal " << is_causal;
   }
 }
@@ -216,22 +226,17 @@ TEST(FavorBf16Backends, Avx512Bf16GivesThePortableBits) {
 // AMX sums in an order of its own: the same estimate within the rounding bounds.
 TEST(FavorBf16Backends, AmxMatchesPortableWithinTheRoundingBound) {
   skip_unless_available(bf16_backend::amx);
-  const auto k = uniform(500, d, 2), v = uniform(500, 40, 3);
   for (const bool is_causal : {false, true}) {
-    const auto q = uniform(is_causal ? 500 : 300, d, 1);
-    const attention_mask mask{is_causal, {}};
-    const auto with = [&](bf16_backend b) {
-      return run(bf16_favor(d, m, 5, {}, {}, {.backend = b, .causal = causal_layout}), q, k, v,
-                 mask);
-    };
-    const auto portable = with(bf16_backend::portable), amx = with(bf16_backend::amx);
+    const backend_case c(is_causal);
+    const auto portable = c.with(bf16_backend::portable), amx = c.with(bf16_backend::amx);
     // Both are within rounding_bound(e) max|v| of float FAVOR+ on the rounded inputs (e from
     // the projections' summation order, as in CausalStaysWithinTheRoundingBoundOfFloatCausalFavor),
     // so within twice that of each other; an AMX tile that summed the wrong operands would be
     // off by the values' size.
-    const double e = projection_order_eps(q, k, rounded(bf16_favor(d, m, 5).projection().matrix()));
+    const double e =
+        projection_order_eps(c.q, c.k, rounded(bf16_favor(d, m, 5).projection().matrix()));
     EXPECT_LE((portable - amx).cwiseAbs().maxCoeff(),
-              2.0 * (rounding_bound(e) + 1e-5) * v.cwiseAbs().maxCoeff())
+              2.0 * (rounding_bound(e) + 1e-5) * c.v.cwiseAbs().maxCoeff())
         << "causal " << is_causal;
     EXPECT_FALSE(portable == amx) << "AMX's own summation order should show in some bits";
   }
