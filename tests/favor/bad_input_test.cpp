@@ -93,9 +93,11 @@ TEST(FavorBadInput, FavorCtor_NonPositiveOptions) {
       const std::string min_segment = "min_segment (" + std::to_string(bad) + ")";
       PERFORMER_EXPECT_INVALID("favor_attention", min_segment,
                                favor(d, 8, 1, {}, {}, {.min_segment = bad}));
-      const std::string wave_blocks = "wave_blocks (" + std::to_string(bad) + ")";
-      PERFORMER_EXPECT_INVALID("favor_attention", wave_blocks,
-                               favor(d, 8, 1, {}, {}, {.wave_blocks = bad}));
+      if (bad < 0) {  // 0: one block per thread
+        const std::string wave_blocks = "wave_blocks (" + std::to_string(bad) + ") at least 0";
+        PERFORMER_EXPECT_INVALID("favor_attention", wave_blocks,
+                                 favor(d, 8, 1, {}, {}, {.wave_blocks = bad}));
+      }
       const std::string work = "parallel_block_work (" + std::to_string(bad) + ")";
       PERFORMER_EXPECT_INVALID("favor_attention", work,
                                favor(d, 8, 1, {}, {}, {.parallel_block_work = bad}));

@@ -1,7 +1,8 @@
 // Covers performer/favor/favor_attention.hpp: approximation of exact softmax (error ~ 1/sqrt(m)),
 // causal vs bidirectional, the stabiliser under extreme norms, accumulator precision, segments,
-// the causal waves, redraws and bad configuration. The contract every mechanism shares (conformance,
-// determinism, allocation) is in conformance_test.cpp and its siblings; the decoder in favor_decoder_test.cpp.
+// the causal waves, redraws and bad configuration. The contract every mechanism shares
+// (conformance, determinism, allocation) is in conformance_test.cpp and its siblings; the decoder
+// in favor_decoder_test.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -25,10 +26,9 @@
 #include <performer/favor/features/trigonometric_features.hpp>
 #include <performer/performer.hpp>
 #include <performer/testing/allocation.hpp>
-#include <performer/testing/helpers.hpp>
-
-#include <performer/testing/oracle.hpp>
 #include <performer/testing/detail/extreme_contract.hpp>
+#include <performer/testing/helpers.hpp>
+#include <performer/testing/oracle.hpp>
 
 #include "favor/makers.hpp"
 
@@ -82,7 +82,8 @@ TEST(FavorAttention, ErrorFallsLikeOneOverSqrtM) {
     sxx += (logs_m[i] - mx) * (logs_m[i] - mx);
   }
   const double slope = sxy / sxx;
-  EXPECT_NEAR(slope, -0.5, 0.15) << "errors: " << std::exp(logs_e[0]) << " ... " << std::exp(logs_e[3]);
+  EXPECT_NEAR(slope, -0.5, 0.15) << "errors: " << std::exp(logs_e[0]) << " ... "
+                                 << std::exp(logs_e[3]);
   EXPECT_LT(std::exp(logs_e[3]), 0.05);  // m = 1024: a few percent
 }
 
@@ -133,7 +134,8 @@ TEST(FavorAttention, ExtremeNormsStayFiniteAndMatchDoubleEvaluation) {
         a = run(f32, q, k, v, attention_mask{causal, {}});
       } catch (const performer::invalid_argument& e) {
         ASSERT_GE(norm, 100.0F) << e.what();
-        ASSERT_TRUE(performer::conformance::extreme::mentions_vanished_normaliser(e.what())) << e.what();
+        ASSERT_TRUE(performer::conformance::extreme::mentions_vanished_normaliser(e.what()))
+            << e.what();
         continue;
       }
       ASSERT_TRUE(a.allFinite()) << "norm " << norm;
@@ -142,7 +144,8 @@ TEST(FavorAttention, ExtremeNormsStayFiniteAndMatchDoubleEvaluation) {
         EXPECT_LE(a.col(c).maxCoeff(), v.col(c).maxCoeff() + 1e-5F);
       }
       if (norm <= 10.0F) {
-        const auto b = run(f64, q.cast<double>(), k.cast<double>(), v.cast<double>(), attention_mask{causal, {}});
+        const auto b = run(f64, q.cast<double>(), k.cast<double>(), v.cast<double>(),
+                           attention_mask{causal, {}});
         // Feature exponents ~|w||x~| ~ 20 carry float rounding ~20 * 6e-8 each; 1e-4 of the
         // values' scale leaves an order of magnitude for the sums.
         EXPECT_LE(relative_difference(a.cast<double>(), b), 1e-4) << "causal=" << causal;
@@ -155,12 +158,14 @@ TEST(FavorAttention, DoubleAccumulationTracksDoubleReference) {
   const auto q = random_matrix<float>(300, 16, 12);
   const auto k = random_matrix<float>(300, 16, 13);
   const auto v = random_matrix<float>(300, 8, 14);
-  favor_attention<float, performer::positive_features<float>, performer::orthogonal_sampler, double> mixed(16, 64, 5);
+  favor_attention<float, performer::positive_features<float>, performer::orthogonal_sampler, double>
+      mixed(16, 64, 5);
   favor_attention<double> ref(16, 64, 5);
   ref.projection().set_matrix(mixed.projection().matrix().cast<double>());
   for (const bool causal : {false, true}) {
     const auto a = run(mixed, q, k, v, attention_mask{causal, {}});
-    const auto b = run(ref, q.cast<double>(), k.cast<double>(), v.cast<double>(), attention_mask{causal, {}});
+    const auto b =
+        run(ref, q.cast<double>(), k.cast<double>(), v.cast<double>(), attention_mask{causal, {}});
     // Only the features are float (relative error ~1e-6 each); the sums are double.
     EXPECT_LE(relative_difference(a.cast<double>(), b), 2e-5);
   }
@@ -193,14 +198,17 @@ TEST(FavorAttention, ProjectionRedrawAndUserMatrix) {
   EXPECT_GT(relative_difference(run(favor, q, q, v), before), 1e-6);
   favor.projection().set_matrix(first);
   EXPECT_EQ(run(favor, q, q, v), before);
-  EXPECT_THROW(favor.projection().set_matrix(row_matrix<double>::Ones(16, 7)), performer::invalid_argument);
+  EXPECT_THROW(favor.projection().set_matrix(row_matrix<double>::Ones(16, 7)),
+               performer::invalid_argument);
 }
 
 TEST(FavorAttention, RejectsBadConfigurationAndInput) {
   EXPECT_THROW(favor_attention<float>(16, 0), performer::invalid_argument);
   EXPECT_THROW(favor_attention<float>(0, 16), performer::invalid_argument);
-  EXPECT_THROW(favor_attention<float>(16, 16, 0, {}, {}, {.block = 0}), performer::invalid_argument);
-  EXPECT_THROW(favor_attention<float>(16, 16, 0, {}, {}, {.chunk = 0}), performer::invalid_argument);
+  EXPECT_THROW(favor_attention<float>(16, 16, 0, {}, {}, {.block = 0}),
+               performer::invalid_argument);
+  EXPECT_THROW(favor_attention<float>(16, 16, 0, {}, {}, {.chunk = 0}),
+               performer::invalid_argument);
   const favor_attention<float> favor(16, 16, 0);
   const auto q = random_matrix<float>(5, 12, 1);
   const auto v = random_matrix<float>(5, 3, 1);
@@ -312,25 +320,33 @@ TEST(FavorAttention, CausalWavesMatchAnExactSumOfTheSameFeatures) {
 // The bits depend on N and the options only: a block's sums depend on its own tokens and the
 // state of the keys before it, which the prefix adds up block by block in the same order
 // whatever the wave width or the thread count. So 1, 2 and 3 threads (3 splits a wave of 3 one
-// block per thread, 2 unevenly) and any wave width give the same bits.
+// block per thread, 2 unevenly) and any wave width give the same bits, the default (0: one block
+// per thread, so W itself follows the thread count) included.
 TEST(FavorAttention, CausalBitsDoNotDependOnThreadsOrWaveWidth) {
   const favor_attention<double> a(wave_problem::d, 32, 5, {}, {}, wave_problem::options(3));
   const wave_problem p(a);
   const attention_mask mask{true, p.keep};
   const row_matrix<double> base = performer::attend(a, p.q, p.k, p.v, mask);
-  for (const index_t wave : {index_t{1}, index_t{2}, index_t{10}, index_t{64}}) {
-    const favor_attention<double> other(wave_problem::d, 32, 5, {}, {}, wave_problem::options(wave));
-    EXPECT_TRUE(performer::conformance::same_bits(performer::attend(other, p.q, p.k, p.v, mask), base))
+  for (const index_t wave : {index_t{0}, index_t{1}, index_t{2}, index_t{10}, index_t{64}}) {
+    const favor_attention<double> other(wave_problem::d, 32, 5, {}, {},
+                                        wave_problem::options(wave));
+    EXPECT_TRUE(
+        performer::conformance::same_bits(performer::attend(other, p.q, p.k, p.v, mask), base))
         << "wave_blocks " << wave;
   }
 #ifdef _OPENMP
   const int threads = omp_get_max_threads();
   const int eigen_threads = Eigen::nbThreads();
   Eigen::setNbThreads(1);  // Eigen's own product split is not the library's to answer for
+  const favor_attention<double> per_thread(wave_problem::d, 32, 5, {}, {},
+                                           wave_problem::options(0));
   for (const int t : {1, 2, 3}) {
     omp_set_num_threads(t);
     EXPECT_TRUE(performer::conformance::same_bits(performer::attend(a, p.q, p.k, p.v, mask), base))
         << t << " threads";
+    EXPECT_TRUE(
+        performer::conformance::same_bits(performer::attend(per_thread, p.q, p.k, p.v, mask), base))
+        << t << " threads, one block per thread";
   }
   omp_set_num_threads(threads);
   Eigen::setNbThreads(eigen_threads);
@@ -355,7 +371,8 @@ TEST(FavorAttention, PeakMemoryIsBoundedAtSixtyFiveThousandTokens) {
       favor_attention<float>::workspace_type ws;
       favor.forward(q, k, v, out, {.causal = causal}, ws);
     });
-    const long long bound = maker::workspace_bytes(favor, n, 64, causal) + performer::conformance::eigen_allowance<float>;
+    const long long bound = maker::workspace_bytes(favor, n, 64, causal) +
+                            performer::conformance::eigen_allowance<float>;
     ASSERT_LT(bound, static_cast<long long>(n) * 256 * 4) << "the bound holds an N x M buffer";
     EXPECT_LE(u.peak, bound) << "causal " << causal;
   }

@@ -45,12 +45,14 @@ namespace performer::test {
 /// short sequences as long ones would be (bidirectional); waves of 3 blocks, run on several
 /// threads whatever the work, cut the small-block configurations' causal passes into several
 /// waves, the last ragged, and a wave unevenly over 2 threads.
-template <class A, index_t Features = 64, index_t Block = 256, index_t Chunk = 64, index_t Segments = 2>
+template <class A, index_t Features = 64, index_t Block = 256, index_t Chunk = 64,
+          index_t Segments = 2>
 struct favor_maker {
   using attention_type = A;
   using T = typename A::scalar_type;
   using Acc = typename A::accumulator_type;
-  static constexpr conformance::extreme_reference extreme_values = conformance::extreme_reference::favor;
+  static constexpr conformance::extreme_reference extreme_values =
+      conformance::extreme_reference::favor;
   // Features and the projection are fixed by the seed, so every invariance the suites check is
   // exact up to rounding; the sums run over more terms than exact attention's, hence 1e-4.
   static constexpr double tolerance = std::is_same_v<T, float> ? 1e-4 : 1e-11;
@@ -67,8 +69,12 @@ struct favor_maker {
 
   static A make(index_t head_dim) {
     return A(head_dim, Features, /*seed=*/7, {}, {},
-             {.block = Block, .chunk = Chunk, .segments = Segments, .min_segment = 4,
-              .wave_blocks = 3, .parallel_block_work = 1});
+             {.block = Block,
+              .chunk = Chunk,
+              .segments = Segments,
+              .min_segment = 4,
+              .wave_blocks = 3,
+              .parallel_block_work = 1});
   }
 
   /// The key with the largest log scale any key can have (docs/algorithms.md §2.6): x~ equal
@@ -107,7 +113,8 @@ struct favor_maker {
       const long long segments = std::clamp<index_t>(n / o.min_segment, 1, o.segments);
       return detail::available_threads() * (lane + b * m * t) + segments * state;
     }
-    const long long width = std::min<long long>(o.wave_blocks, (n + b - 1) / b);
+    const long long wave = o.wave_blocks > 0 ? o.wave_blocks : detail::available_threads();
+    const long long width = std::min<long long>(wave, (n + b - 1) / b);
     const long long block = b * m * t + (b * d_v + 2 * b) * acc + (b + c - 1) / c * state;
     return detail::available_threads() * (lane + state) + 2 * state + width * block;
   }
@@ -116,7 +123,8 @@ struct favor_maker {
 using favor_makers = ::testing::Types<
     favor_maker<favor_attention<float>>, favor_maker<favor_attention<double>>,
     // Blocks and chunks smaller than the suites' sequences: boundaries and ragged ends.
-    favor_maker<favor_attention<float>, 32, 7, 5>, favor_maker<favor_attention<double>, 32, 7, 5, 3>,
+    favor_maker<favor_attention<float>, 32, 7, 5>,
+    favor_maker<favor_attention<double>, 32, 7, 5, 3>,
     favor_maker<favor_attention<double>, 32, 7, 5, 1>, favor_maker<favor_mixed<float>, 64, 9, 4>,
     favor_maker<favor_mixed<float>>, favor_maker<favor_hyperbolic<float>, 32, 8, 3>,
     favor_maker<favor_hyperbolic<float>>, favor_maker<favor_relu<double>, 32, 8, 3>,

@@ -1,7 +1,8 @@
 /// @file favor/favor_attention.hpp
 /// @brief FAVOR+ random-feature attention (Choromanski et al., "Rethinking Attention with
-/// Performers", ICLR 2021, section 2 and appendix B.1): bidirectional and causal (chunked prefix-sum)
-/// paths, templated on the scalar, the feature map, the projection sampler and the accumulator.
+/// Performers", ICLR 2021, section 2 and appendix B.1): bidirectional and causal (chunked
+/// prefix-sum) paths, templated on the scalar, the feature map, the projection sampler and the
+/// accumulator.
 #pragma once
 
 #include <algorithm>
@@ -15,23 +16,22 @@
 
 #include "../core/attention_mask.hpp"
 #include "../core/concepts.hpp"
+#include "../core/detail/online_softmax.hpp"
 #include "../core/detail/parallel.hpp"
-#include "../core/validate.hpp"
 #include "../core/error.hpp"
 #include "../core/gradient.hpp"
+#include "../core/types.hpp"
+#include "../core/validate.hpp"
+#include "../random/projection.hpp"
 #include "detail/accumulator.hpp"
 #include "detail/causal_pass.hpp"
 #include "detail/layout.hpp"
+#include "favor_options.hpp"
 #include "feature_map.hpp"
 #include "features/positive_features.hpp"
-#include "../random/projection.hpp"
-#include "favor_options.hpp"
 #include "state.hpp"
-#include "../core/detail/online_softmax.hpp"
-#include "../core/types.hpp"
 
 namespace performer {
-
 
 /**
  * @brief FAVOR+ attention: softmax attention approximated with random features,
@@ -111,22 +111,22 @@ class favor_attention {
    * @param seed seeds the projection draw.
    * @param map the feature map. @param sampler how projections are drawn.
    * @param options blocking and parallel layout.
-   * @throws performer::invalid_argument if head_dim, features or an option is not positive.
+   * @throws performer::invalid_argument if head_dim, features or an option is not positive
+   * (wave_blocks: negative).
    */
   explicit favor_attention(index_t head_dim, index_t features = 256, std::uint64_t seed = 0,
                            FeatureMap map = {}, Sampler sampler = {}, favor_options options = {})
       : projection_(features, head_dim, seed, std::move(sampler)),
         map_(std::move(map)),
         options_(options) {
-    PERFORMER_PRECONDITION(options.block > 0 && options.chunk > 0 && options.segments > 0 &&
-                               options.min_segment > 0 && options.backward_chunk > 0 &&
-                               options.wave_blocks > 0 && options.parallel_block_work > 0,
-                           "favor_attention: block (", options.block, "), chunk (",
-                           options.chunk, "), segments (", options.segments,
-                           "), min_segment (", options.min_segment, "), backward_chunk (",
-                           options.backward_chunk, "), wave_blocks (", options.wave_blocks,
-                           ") and parallel_block_work (", options.parallel_block_work,
-                           ") must be positive");
+    PERFORMER_PRECONDITION(
+        options.block > 0 && options.chunk > 0 && options.segments > 0 && options.min_segment > 0 &&
+            options.backward_chunk > 0 && options.parallel_block_work > 0 &&
+            options.wave_blocks >= 0,
+        "favor_attention: block (", options.block, "), chunk (", options.chunk, "), segments (",
+        options.segments, "), min_segment (", options.min_segment, "), backward_chunk (",
+        options.backward_chunk, ") and parallel_block_work (", options.parallel_block_work,
+        ") must be positive, wave_blocks (", options.wave_blocks, ") at least 0");
   }
 
   [[nodiscard]] const projection_type& projection() const noexcept { return projection_; }
@@ -185,9 +185,9 @@ class favor_attention {
   /// forward, keeping key states for the backward in `kept` when it is not null (favor/
   /// favor_gradient.hpp): bidirectional, the state of every key; causal, the state of the
   /// keys before every `stride`-th block (ceil(blocks / stride) states).
-  void run(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k,
-           const const_matrix_ref<T>& v, matrix_ref<T> out, const attention_mask& mask,
-           workspace_type& ws, std::vector<state_type>* kept, index_t stride) const;
+  void run(const const_matrix_ref<T>& q, const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
+           matrix_ref<T> out, const attention_mask& mask, workspace_type& ws,
+           std::vector<state_type>* kept, index_t stride) const;
 
   /// Lanes and states for a call; the causal path keeps query features per block, not per
   /// lane (query_features = false).
@@ -221,8 +221,8 @@ class favor_attention {
   /// Folds key features phi (rows x M, with their log scales) into st at shift
   /// max(st.shift, new_c). Weights the features in place (they are not needed afterwards).
   template <class Phi, class LogScale>
-  void accumulate(Phi phi, const LogScale& log_scale, const const_matrix_ref<T>& v,
-                  state_type& st, Acc new_c, lane_type& lane) const {
+  void accumulate(Phi phi, const LogScale& log_scale, const const_matrix_ref<T>& v, state_type& st,
+                  Acc new_c, lane_type& lane) const {
     if (new_c == minus_inf) return;  // every key so far is padding
     st.raise(new_c);
     const index_t rows = phi.rows();
@@ -242,22 +242,21 @@ class favor_attention {
   }
 
   /// Key state of rows [begin, end) into st, from zero.
-  void key_state(const FeatureMap& map, const const_matrix_ref<T>& k,
-                 const const_matrix_ref<T>& v, const attention_mask& mask, index_t begin,
-                 index_t end, state_type& st, lane_type& lane) const {
+  void key_state(const FeatureMap& map, const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
+                 const attention_mask& mask, index_t begin, index_t end, state_type& st,
+                 lane_type& lane) const {
     st.reset(feature_count(), v.cols());
     for (index_t k0 = begin; k0 < end; k0 += options_.block) {
       const index_t rows = std::min(options_.block, end - k0);
       features_of(map, k, k0, rows, lane.phi_k, lane.log_k, &mask);
       const Acc block_max = static_cast<Acc>(lane.log_k.head(rows).maxCoeff());
-      accumulate(lane.phi_k.topRows(rows), lane.log_k, v.middleRows(k0, rows), st, block_max,
-                 lane);
+      accumulate(lane.phi_k.topRows(rows), lane.log_k, v.middleRows(k0, rows), st, block_max, lane);
     }
   }
 
   void bidirectional(const FeatureMap& map, const const_matrix_ref<T>& q,
-                     const const_matrix_ref<T>& k, const const_matrix_ref<T>& v,
-                     matrix_ref<T> out, const attention_mask& mask, workspace_type& ws,
+                     const const_matrix_ref<T>& k, const const_matrix_ref<T>& v, matrix_ref<T> out,
+                     const attention_mask& mask, workspace_type& ws,
                      std::vector<state_type>* kept) const {
     const detail::key_segments segments(k.rows(), options_.segments, options_.min_segment);
     const index_t query_blocks = (q.rows() + options_.block - 1) / options_.block;
@@ -294,7 +293,8 @@ class favor_attention {
 
 static_assert(attention_mechanism<favor_attention<float>>);
 static_assert(attention_mechanism<favor_attention<double>>);
-static_assert(attention_mechanism<favor_attention<float, positive_features<float>, orthogonal_sampler, double>>);
+static_assert(attention_mechanism<
+              favor_attention<float, positive_features<float>, orthogonal_sampler, double>>);
 
 template <real_scalar T, class FeatureMap, projection_sampler Sampler, real_scalar Acc>
   requires feature_map<FeatureMap, T>

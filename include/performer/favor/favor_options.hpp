@@ -33,10 +33,12 @@ struct favor_options {
   index_t min_segment = 4096;
   /// Blocks per wave of the causal path (W; last, so that positional initialisers written
   /// before it existed keep their meaning): its blocks start from an empty state and run in
-  /// parallel, then a prefix over their key states gives each the keys before it. The layout
-  /// depends on this and N, never on the thread count, so the bits do not either; more blocks
-  /// than threads balance the load, at B (M + d_v) + M d_v workspace per block.
-  index_t wave_blocks = 8;
+  /// parallel, then a prefix over their key states gives each the keys before it; 0: one block
+  /// per thread. The bits depend on N and the other options only, never on W or the thread
+  /// count. Each block of a wave holds B (M + d_v) + (B / C) M d_v of workspace, which a later
+  /// phase reads back: one block per thread kept it in cache and was 2% to 7% faster than the
+  /// former default of 8 on two threads (docs/algorithms.md §2.4).
+  index_t wave_blocks = 0;
   /// Least work per causal block, B M (d + d_v) multiply-adds, for which the waves run on
   /// several threads; below it the blocks run in order on one. Waking threads for microseconds
   /// of work costs more than it saves, and far more on busy cores (a tiny model's causal tests

@@ -16,6 +16,7 @@
 #include "../../core/detail/parallel.hpp"
 #include "../../core/types.hpp"
 #include "../../core/validate.hpp"
+#include "../favor_options.hpp"
 #include "../state.hpp"
 #include "accumulator.hpp"
 #include "layout.hpp"
@@ -95,9 +96,15 @@ struct causal_pass {
   }
   [[nodiscard]] index_t seeing() const { return first_seeing_query(mask, q.rows(), k.rows()); }
 
+  /// W: favor_options::wave_blocks, or one block per thread.
+  [[nodiscard]] static index_t wave_of(const favor_options& o) {
+    return o.wave_blocks > 0 ? o.wave_blocks : available_threads();
+  }
+
   void run() const {
     const index_t blocks = (q.rows() + block() - 1) / block();
-    const index_t width = std::min(a.options_.wave_blocks, blocks);
+    const index_t wave = wave_of(a.options_);
+    const index_t width = std::min(wave, blocks);
     const index_t block_work = block() * a.feature_count() * (q.cols() + v.cols());
     const index_t lanes = block_work >= a.options_.parallel_block_work ? lanes_for(width) : 1;
     // states[0]: every key before the current block; states[1]: a spare, swapped with each
@@ -111,7 +118,7 @@ struct causal_pass {
     if (lanes == 1) {
       in_order(blocks);
     } else {
-      in_waves(blocks);
+      in_waves(blocks, wave);
     }
   }
 
@@ -150,8 +157,7 @@ struct causal_pass {
     }
   }
 
-  void in_waves(index_t blocks) const {
-    const index_t wave = a.options_.wave_blocks;
+  void in_waves(index_t blocks, index_t wave) const {
     state_type& earlier = ws.states[0];
     const index_t first_seeing = seeing();
     for (index_t w0 = 0; w0 < blocks; w0 += wave) {
