@@ -34,8 +34,10 @@ namespace performer {
  * a two-layer feed-forward sublayer and residual connections. Inference forward pass.
  *
  * Pre-LN: y = x + MHA(LN1(x)); y = y + FFN(LN2(y)). Post-LN: y = LN1(x + MHA(x));
- * y = LN2(y + FFN(y)). Heads are zero-copy column slices of the projected Q, K, V; every head
- * uses the same mechanism object (for FAVOR+: the same random features, as in the Performer).
+ * y = LN2(y + FFN(y)). forward() projects, attends and adds one head at a time, so that only one
+ * head's Q, K, V and context (N x D/h each) are held; forward_batch() and decoding project every
+ * head at once and take heads as column slices. Every head uses the same mechanism object (for
+ * FAVOR+: the same random features, as in the Performer).
  *
  * With `rotary`, q and k are rotated by their positions (rotary_embedding) before the mechanism
  * sees them.
@@ -47,8 +49,9 @@ namespace performer {
  * rotary. Such a block runs only through the overloads that take the memory.
  *
  * Complexity for N tokens, width D, F = d_ff, h heads: time O(N D^2 + N D F) for the
- * projections plus h times the mechanism's cost at head width D/h; workspace O(N D) plus the
- * mechanism's workspace plus O(B F) for the feed-forward, which runs in row blocks of B = 256.
+ * projections plus h times the mechanism's cost at head width D/h; workspace N D (the normalised
+ * rows) plus 4 N D/h in forward() (4 N D in forward_batch()), plus the mechanism's workspace
+ * plus O(B F) for the feed-forward, which runs in row blocks of B = 256.
  * Cross-attention adds O(M D^2) for the memory's projections, h times the mechanism's cost for
  * N queries over M keys, and O(M D) of workspace.
  *
@@ -67,6 +70,8 @@ class transformer_block {
   /// Scratch memory of forward(); reuse it across calls of the same shapes.
   struct workspace_type {
     row_matrix<scalar_type> normed, q, k, v, context;
+    row_matrix<scalar_type> qkv, w_head;         ///< forward()'s one head: [q k v], [W_q W_k W_v]
+    row_vector<scalar_type> b_head;              ///< [b_q b_k b_v] of one head
     row_matrix<scalar_type> memory_k, memory_v;  ///< cross-attention's keys and values
     std::vector<detail::ffn_lane<scalar_type>> ffn;  ///< one feed-forward scratch per thread
     typename Attention::workspace_type attention;
@@ -265,22 +270,14 @@ class transformer_block {
   static constexpr const char* no_parameters =
       ": no parameters (built with no_init and set_parameters() not called yet)";
 
-  /// The block around its attention: LayerNorm, the q/k/v projections of every row,
-  /// `attend()` (which fills ws.context from ws.q, ws.k, ws.v), the output projection, the
-  /// residuals, with cross-attention its sublayer (`attend_memory()` fills ws.context from the
-  /// cross queries in ws.q), and the feed-forward sublayer.
-  template <class Attend, class AttendMemory>
-  void sublayers(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
-                 workspace_type& ws, Attend&& attend, AttendMemory&& attend_memory) const {
-    using T = scalar_type;
-    const index_t n = x.rows();
+  /// y = MHA(h) + b_o from the q, k and v of every head at once (N x D each): the three
+  /// projections as single products, `attend()` filling ws.context from ws.q, ws.k, ws.v, then
+  /// one output product. forward_batch and decoding run this way.
+  template <class Attend>
+  void all_heads(const const_matrix_ref<scalar_type>& h, matrix_ref<scalar_type> y,
+                 workspace_type& ws, Attend&& attend) const {
+    const index_t n = h.rows();
     const index_t d = config_.d_model;
-    PERFORMER_PRECONDITION(params_.w_q.rows() == d, "transformer_block", no_parameters);
-    const T eps = static_cast<T>(config_.layer_norm_eps);
-    const bool pre = config_.norm == norm_placement::pre;
-    ws.normed.resize(n, d);
-    if (pre) detail::layer_norm(x, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
-    const const_matrix_ref<T> h = pre ? const_matrix_ref<T>(ws.normed) : x;
     ws.q.resize(n, d);
     ws.k.resize(n, d);
     ws.v.resize(n, d);
@@ -292,15 +289,71 @@ class transformer_block {
     ws.v.noalias() = h * params_.w_v;
     ws.v.rowwise() += params_.b_v;
     attend();
-    // Residual around attention: y = x + context W_o + b_o.
     y.noalias() = ws.context * params_.w_o;
     y.rowwise() += params_.b_o;
-    y += x;
+  }
+
+  /// y = MHA(h) + b_o one head at a time: the head's q, k, v and context (N x D/h each) are
+  /// projected, attended and added through their rows of W_o before the next head's, so the
+  /// sublayer holds 4 N D/h numbers instead of 4 N D (the protein encoder's memory halves:
+  /// README, "Protein-length sequences"). The heads ran one after another anyway; the products
+  /// are D/h columns wide instead of D, and y sums the heads' shares in head order.
+  void head_by_head(const const_matrix_ref<scalar_type>& h, matrix_ref<scalar_type> y,
+                    workspace_type& ws, const attention_mask& mask) const {
+    const index_t d = config_.d_model;
+    const index_t dh = d / config_.heads;
+    ws.w_head.resize(d, 3 * dh);
+    ws.b_head.resize(3 * dh);
+    ws.context.resize(h.rows(), dh);
+    for (index_t i = 0; i < config_.heads; ++i) {
+      const index_t c0 = i * dh;
+      // One product for the head's q, k and v: h, N x D, is packed once instead of three times.
+      ws.w_head << params_.w_q.middleCols(c0, dh), params_.w_k.middleCols(c0, dh),
+          params_.w_v.middleCols(c0, dh);
+      ws.b_head << params_.b_q.segment(c0, dh), params_.b_k.segment(c0, dh),
+          params_.b_v.segment(c0, dh);
+      ws.qkv.noalias() = h * ws.w_head;
+      ws.qkv.rowwise() += ws.b_head;
+      auto q = ws.qkv.leftCols(dh);
+      auto k = ws.qkv.middleCols(dh, dh);
+      if (rope_) {
+        rope_->apply(q);
+        rope_->apply(k);
+      }
+      attention_.forward(q, k, ws.qkv.rightCols(dh), ws.context, mask, ws.attention);
+      if (i == 0) {
+        y.noalias() = ws.context * params_.w_o.middleRows(c0, dh);
+      } else {
+        y.noalias() += ws.context * params_.w_o.middleRows(c0, dh);
+      }
+    }
+    y.rowwise() += params_.b_o;
+  }
+
+  /// The block around its attention: LayerNorm, `attention_sublayer(h, y)` (which sets y to
+  /// MHA(h) + b_o: all_heads or head_by_head), the residuals, with cross-attention its sublayer
+  /// (`attend_memory()` fills ws.context, N x D, from the cross queries in ws.q), and the
+  /// feed-forward sublayer.
+  template <class AttentionSublayer, class AttendMemory>
+  void sublayers(const const_matrix_ref<scalar_type>& x, matrix_ref<scalar_type> y,
+                 workspace_type& ws, AttentionSublayer&& attention_sublayer,
+                 AttendMemory&& attend_memory) const {
+    using T = scalar_type;
+    const index_t n = x.rows();
+    const index_t d = config_.d_model;
+    PERFORMER_PRECONDITION(params_.w_q.rows() == d, "transformer_block", no_parameters);
+    const T eps = static_cast<T>(config_.layer_norm_eps);
+    const bool pre = config_.norm == norm_placement::pre;
+    ws.normed.resize(n, d);
+    if (pre) detail::layer_norm(x, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
+    attention_sublayer(pre ? const_matrix_ref<T>(ws.normed) : x, y);
+    y += x;  // the residual around attention
     if (!pre) {
       detail::layer_norm(y, params_.norm1_gain, params_.norm1_bias, eps, ws.normed);
       y = ws.normed;
     }
     if (config_.cross_attention) {
+      ws.context.resize(n, d);
       detail::cross_sublayer(params_, pre, eps, y, ws.normed, ws.q, ws.context, attend_memory);
     }
     detail::feed_forward(config_, params_, y, ws.ffn);
@@ -326,13 +379,8 @@ void transformer_block<Attention>::forward(const const_matrix_ref<scalar_type>& 
   const index_t h = config_.heads;
   sublayers(
       x, y, ws,
-      [&] {
-        if (rope_) {
-          rope_->apply(ws.q);
-          rope_->apply(ws.k);
-        }
-        detail::attend_heads(attention_, h, ws.q, ws.k, ws.v, ws.context, {causal, key_mask},
-                             ws.attention);
+      [&](const const_matrix_ref<scalar_type>& in, matrix_ref<scalar_type> out) {
+        head_by_head(in, out, ws, {causal, key_mask});
       },
       [&] {
         detail::project_memory(params_, memory, ws.memory_k, ws.memory_v);
@@ -368,14 +416,16 @@ void transformer_block<Attention>::forward_batch(const const_matrix_ref<scalar_t
   };
   sublayers(
       x, y, ws,
-      [&] {
-        if (rope_) {
-          for (index_t b = 0; b < batch; ++b) {
-            rope_->apply(ws.q.middleRows(b * n, n));
-            rope_->apply(ws.k.middleRows(b * n, n));
+      [&](const const_matrix_ref<T>& in, matrix_ref<T> out) {
+        all_heads(in, out, ws, [&] {
+          if (rope_) {
+            for (index_t b = 0; b < batch; ++b) {
+              rope_->apply(ws.q.middleRows(b * n, n));
+              rope_->apply(ws.k.middleRows(b * n, n));
+            }
           }
-        }
-        heads(ws.k, ws.v, n, batch_mask::padded(lengths, causal));
+          heads(ws.k, ws.v, n, batch_mask::padded(lengths, causal));
+        });
       },
       [&] {
         detail::project_memory(params_, memory, ws.memory_k, ws.memory_v);

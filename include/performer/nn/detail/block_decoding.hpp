@@ -52,19 +52,21 @@ void transformer_block<Attention>::step(const const_matrix_ref<scalar_type>& x,
   };
   sublayers(
       x, y, s.ws,
-      [&] {
-        if (rope_) {
-          const index_t position = s.position();
-          rope_->apply(s.ws.q, position);
-          rope_->apply(s.ws.k, position);
-        }
-        guarded([&] {
-          for (index_t h = 0; h < config_.heads; ++h) {
-            const index_t c0 = h * dh;
-            s.heads[static_cast<std::size_t>(h)].step(
-                attention_, s.ws.q.middleCols(c0, dh), s.ws.k.middleCols(c0, dh),
-                s.ws.v.middleCols(c0, dh), s.ws.context.middleCols(c0, dh));
+      [&](const const_matrix_ref<scalar_type>& in, matrix_ref<scalar_type> out) {
+        all_heads(in, out, s.ws, [&] {
+          if (rope_) {
+            const index_t position = s.position();
+            rope_->apply(s.ws.q, position);
+            rope_->apply(s.ws.k, position);
           }
+          guarded([&] {
+            for (index_t h = 0; h < config_.heads; ++h) {
+              const index_t c0 = h * dh;
+              s.heads[static_cast<std::size_t>(h)].step(
+                  attention_, s.ws.q.middleCols(c0, dh), s.ws.k.middleCols(c0, dh),
+                  s.ws.v.middleCols(c0, dh), s.ws.context.middleCols(c0, dh));
+            }
+          });
         });
       },
       [&] {
