@@ -58,7 +58,8 @@ namespace performer {
  *   value is computed by the same operations, and query blocks are independent, so the result
  *   is the same, bit for bit, on any number of threads (and any wave width).
  *
- * Complexity (M features, m = projection rows, B block rows, C chunk, W wave blocks): time
+ * Complexity (M features, m = projection rows, B block rows, C chunk, W wave blocks, by
+ * default the thread count): time
  * O(N m d + N M d_v) bidirectional, plus O(N C (M + d_v)) causal; workspace, independent of N,
  * O(threads B M + segments M d_v) bidirectional, O(threads (B M + C^2 + M d_v) +
  * W (B (M + d_v) + (B / C) M d_v)) causal (one block instead of W on one thread).
