@@ -70,9 +70,11 @@ class transformer_block {
   /// Scratch memory of forward(); reuse it across calls of the same shapes.
   struct workspace_type {
     row_matrix<scalar_type> normed, q, k, v, context;
-    row_matrix<scalar_type> qkv, w_head;         ///< forward()'s one head: [q k v], [W_q W_k W_v]
-    row_vector<scalar_type> b_head;              ///< [b_q b_k b_v] of one head
-    row_matrix<scalar_type> memory_k, memory_v;  ///< cross-attention's keys and values
+    /// forward()'s one head: [q k v], [W_q W_k W_v] and its context, apart from the all-heads
+    /// buffers above, which cross-attention uses too: neither resizes the other's every call.
+    row_matrix<scalar_type> qkv, w_head, head_context;
+    row_vector<scalar_type> b_head;                  ///< [b_q b_k b_v] of one head
+    row_matrix<scalar_type> memory_k, memory_v;      ///< cross-attention's keys and values
     std::vector<detail::ffn_lane<scalar_type>> ffn;  ///< one feed-forward scratch per thread
     typename Attention::workspace_type attention;
     batched_workspace<Attention> batch;  ///< forward_batch's
@@ -304,7 +306,7 @@ class transformer_block {
     const index_t dh = d / config_.heads;
     ws.w_head.resize(d, 3 * dh);
     ws.b_head.resize(3 * dh);
-    ws.context.resize(h.rows(), dh);
+    ws.head_context.resize(h.rows(), dh);
     for (index_t i = 0; i < config_.heads; ++i) {
       const index_t c0 = i * dh;
       // One product for the head's q, k and v: h, N x D, is packed once instead of three times.
@@ -320,11 +322,11 @@ class transformer_block {
         rope_->apply(q);
         rope_->apply(k);
       }
-      attention_.forward(q, k, ws.qkv.rightCols(dh), ws.context, mask, ws.attention);
+      attention_.forward(q, k, ws.qkv.rightCols(dh), ws.head_context, mask, ws.attention);
       if (i == 0) {
-        y.noalias() = ws.context * params_.w_o.middleRows(c0, dh);
+        y.noalias() = ws.head_context * params_.w_o.middleRows(c0, dh);
       } else {
-        y.noalias() += ws.context * params_.w_o.middleRows(c0, dh);
+        y.noalias() += ws.head_context * params_.w_o.middleRows(c0, dh);
       }
     }
     y.rowwise() += params_.b_o;
@@ -353,7 +355,7 @@ class transformer_block {
       y = ws.normed;
     }
     if (config_.cross_attention) {
-      ws.context.resize(n, d);
+      ws.context.resize(n, d);  // head_by_head leaves it alone
       detail::cross_sublayer(params_, pre, eps, y, ws.normed, ws.q, ws.context, attend_memory);
     }
     detail::feed_forward(config_, params_, y, ws.ffn);
