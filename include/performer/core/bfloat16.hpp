@@ -113,13 +113,14 @@ inline bool cpu_runs_amx_bf16() noexcept { return false; }
 
 namespace detail::bf16 {
 
-/// float to bfloat16 bits, rounding to nearest even. A NaN stays a (quiet) NaN; a result below
-/// bfloat16's smallest normal becomes a zero of the same sign, as VDPBF16PS would read it.
+/// float to bfloat16 bits, rounding to nearest even. A NaN stays a (quiet) NaN; a subnormal
+/// becomes a zero of the same sign, as VCVTNEPS2BF16 converts it and VDPBF16PS reads it (a normal
+/// value never rounds below bfloat16's smallest normal, which is float's).
 [[nodiscard]] constexpr std::uint16_t round(float x) noexcept {
   // Selects, not branches: the packing loops that call this vectorise only without branches.
   const auto bits = std::bit_cast<std::uint32_t>(x);
   const std::uint32_t nearest = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  const std::uint32_t flushed = (nearest & 0x7F80u) == 0 ? nearest & 0x8000u : nearest;
+  const std::uint32_t flushed = (bits & 0x7F800000u) == 0 ? (bits >> 16) & 0x8000u : nearest;
   const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
   return static_cast<std::uint16_t>(nan ? (bits >> 16) | 0x40u : flushed);
 }

@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <limits>
 #include <new>
-#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -21,15 +20,9 @@
 
 #include "../bfloat16.hpp"
 #include "../types.hpp"
+#include "bf16_pack.hpp"
 
 namespace performer::detail::bf16 {
-
-/// Two bfloat16 values adjacent along the depth: element 2p in the low half, 2p + 1 in the high.
-using pair = std::uint32_t;
-
-[[nodiscard]] constexpr pair pack(float even, float odd) noexcept {
-  return static_cast<pair>(round(even)) | (static_cast<pair>(round(odd)) << 16);
-}
 
 /// Allocates on 64-byte boundaries: an AMX tile row or an AVX-512 load that straddles two cache
 /// lines costs two (measured on bench_bf16's output product: 1.53 ms or 2.48 ms for the same
@@ -100,37 +93,6 @@ struct lhs_view {
     return data[i * row_step + p * pair_step];
   }
 };
-
-/// x[0, n) rounded to bfloat16 as n / 2 pairs, rounded up, in out: a row of a row-major left
-/// operand, zero after an odd n. Vectorises. O(n).
-inline void pack_row(const float* x, index_t n, pair* out) noexcept {
-  for (index_t p = 0; p < n / 2; ++p) {
-    out[p] = static_cast<pair>(round(x[2 * p])) | (static_cast<pair>(round(x[2 * p + 1])) << 16);
-  }
-  if (n % 2 != 0) out[n / 2] = round(x[n - 1]);
-}
-
-/// out[i] = the pair (a[i] wa, b[i] wb), each rounded to bfloat16, for i < n; sum[i] += the two
-/// rounded values unless sum is null. Two rows of a pair-major left operand (or one row of pairs
-/// of a packed_rhs); b = nullptr: a zero second row. Vectorises. O(n).
-inline void pack_two_rows(const float* a, float wa, const float* b, float wb, index_t n, pair* out,
-                          float* sum) noexcept {
-  const auto run = [&](auto with_odd, auto with_sum) {
-    for (index_t i = 0; i < n; ++i) {
-      const std::uint16_t even = round(a[i] * wa);
-      const std::uint16_t odd = with_odd ? round(b[i] * wb) : std::uint16_t{0};
-      if constexpr (with_sum) sum[i] += widen(even) + widen(odd);
-      out[i] = static_cast<pair>(even) | (static_cast<pair>(odd) << 16);
-    }
-  };
-  if (b != nullptr) {
-    sum != nullptr ? run(std::true_type{}, std::true_type{})
-                   : run(std::true_type{}, std::false_type{});
-  } else {
-    sum != nullptr ? run(std::false_type{}, std::true_type{})
-                   : run(std::false_type{}, std::false_type{});
-  }
-}
 
 /// A float with the subnormals flushed to a zero of the same sign (VDPBF16PS's FTZ and DAZ).
 [[nodiscard]] inline float flush(float x) noexcept {
