@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <performer/core/bfloat16.hpp>
@@ -251,6 +252,33 @@ TEST(Bf16Product, OverwritesWithoutAccumulate) {
     std::vector<float> c(3, std::numeric_limits<float>::quiet_NaN());
     detail::bf16::product(lhs_view{&a, 1, 1, 1}, empty, c.data(), 3, backend, false);
     EXPECT_EQ(c, std::vector<float>(3, 0.0f)) << bf16_name(backend);
+  }
+}
+
+// reset() zeroes only when the shape changes, so a shape that shrinks within the same padded
+// size must still find its padding (columns past cols, rows past the depth, the tail) zero after
+// a larger shape filled them, or AMX tiles, which read the padding, would add stale values.
+TEST(Bf16PackedRhs, ResetLeavesThePaddingZero) {
+  packed_rhs b;
+  const auto fill = [&] {
+    for (index_t p = 0; p < b.depth_pairs(); ++p) std::fill_n(b.row(p), b.cols, pair{0x3F803F80u});
+  };
+  const auto padding_is_zero = [&] {
+    for (index_t p = 0; p < b.tile_pairs(); ++p) {
+      for (index_t j = p < b.depth_pairs() ? b.cols : 0; j < b.stride; ++j) {
+        if (b.row(p)[j] != 0) return false;
+      }
+    }
+    return std::all_of(b.pairs.end() - 16, b.pairs.end(), [](pair x) { return x == 0; });
+  };
+  b.reset(9, 20);
+  fill();
+  for (const auto& [depth, cols] : {std::pair{9, 20}, std::pair{9, 17}, std::pair{5, 17}}) {
+    b.reset(depth, cols);
+    ASSERT_EQ(b.depth, depth);
+    ASSERT_EQ(b.cols, cols);
+    EXPECT_TRUE(padding_is_zero()) << depth << " x " << cols;
+    fill();
   }
 }
 

@@ -58,9 +58,12 @@ struct packed_rhs {
   [[nodiscard]] index_t tile_pairs() const noexcept { return (depth_pairs() + 15) / 16 * 16; }
   [[nodiscard]] const pair* row(index_t p) const noexcept { return pairs.data() + p * stride; }
 
-  /// Shapes the operand as depth_ x cols_, all zeros, for a caller that fills its rows of pairs
-  /// (row(p)) itself. Allocates only when the shape grows.
+  /// Shapes the operand as depth_ x cols_ with zero padding, for a caller that then fills every
+  /// row p < depth_pairs(), columns [0, cols), itself (row(p)). Allocates only when the shape
+  /// grows, and zeroes only when it changes: the fills never touch the padding (a per-chunk
+  /// state of 41 KiB was zeroed, then overwritten, for every chunk of a causal pass).
   void reset(index_t depth_, index_t cols_) {
+    if (depth_ == depth && cols_ == cols && !pairs.empty()) return;
     depth = depth_;
     cols = cols_;
     stride = (cols + 15) / 16 * 16;
