@@ -1,9 +1,9 @@
 // Covers performer/favor/detail/bf16_state_products.hpp directly: value_scaling's exponent and
-// factors, and the fold and the carried product against double sums of hand-rounded operands,
-// within float's summation bound and farther than that bound from the unrounded sums (so the
-// rounding is shown to happen in both products), at odd and even exponents and past float's
-// exponent range (|e| > 126, where 2^e is not one float). Every backend; those this CPU lacks
-// report themselves skipped.
+// factors, and the fold, the carried product and the chunk's scores against double sums of
+// hand-rounded operands, within float's summation bound and farther than that bound from the
+// unrounded sums (so the rounding is shown to happen in every product), at odd and even exponents
+// and past float's exponent range (|e| > 126, where 2^e is not one float). Every backend; those
+// this CPU lacks report themselves skipped.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -169,6 +169,36 @@ TEST_P(Bf16StateProducts, CarriedMultipliesTheRoundedQueriesByTheRoundedState) {
       worst_rounding_ = std::max(worst_rounding_, std::fabs(got - s.unrounded * unit) / bound);
     }
   }
+  EXPECT_GT(worst_rounding_, 10.0);
+}
+
+// A chunk's scores phi(Q_c) phi(K_c)^T, both rounded, into a block of a larger matrix (as the
+// causal pass's lane holds them): 33 queries, one past an AMX block of 32, by 35 keys, two 16 x 16
+// blocks of the keys' transpose and an edge of 3 (and of 3 pairs of features past 16).
+TEST_P(Bf16StateProducts, ScoresMultiplyTheRoundedQueriesByTheRoundedKeys) {
+  const state_products products{backend(),
+                                value_scaling(values_of_exponent(3, d_v, exponent(), 31))};
+  const row_matrix<float> phi_q = uniform(33, m, 0.01f, 0.3f, 32);
+  const row_matrix<float> phi_k = uniform(35, m, 0.01f, 0.3f, 33);
+  row_matrix<float> scores = row_matrix<float>::Constant(40, 40, -1.0f);
+  auto block = scores.topLeftCorner(33, 35);
+  products.scores(phi_q, phi_k, block);
+  for (index_t i = 0; i < 33; ++i) {
+    for (index_t j = 0; j < 35; ++j) {
+      exact_sum s;
+      for (index_t f = 0; f < m; ++f) {
+        s.add(rounded(phi_q(i, f)) * rounded(phi_k(j, f)),
+              static_cast<double>(phi_q(i, f)) * phi_k(j, f));
+      }
+      // Pairs of features, each pair two roundings; an odd m adds a zero product.
+      const double bound = static_cast<double>(m + 1) * float_eps * s.magnitude;
+      ASSERT_LE(std::fabs(block(i, j) - s.value), bound) << "query " << i << ", key " << j;
+      worst_rounding_ = std::max(worst_rounding_, std::fabs(block(i, j) - s.unrounded) / bound);
+    }
+  }
+  EXPECT_EQ(scores.rightCols(5).minCoeff(), -1.0f);  // nothing written past the block
+  EXPECT_EQ(scores.rightCols(5).maxCoeff(), -1.0f);
+  EXPECT_EQ(scores.bottomRows(7).maxCoeff(), -1.0f);
   EXPECT_GT(worst_rounding_, 10.0);
 }
 

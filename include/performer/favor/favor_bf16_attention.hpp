@@ -66,9 +66,9 @@ struct favor_bf16_options {
  * docs/algorithms.md §10).
  *
  * Causal: favor_attention<float>'s causal pass (chunks, carried state, waves) on features from
- * bf16_projection, with the fold of each chunk's keys and the carried product phi(Q_c) [S z] in
- * bfloat16 (bf16::state_products); the chunk's own C x C products, O(N C (M + d_v)), stay float
- * (docs/algorithms.md §10.2).
+ * bf16_projection, with the fold of each chunk's keys, the carried product phi(Q_c) [S z] and
+ * the chunk's scores phi(Q_c) phi(K_c)^T in bfloat16 (bf16::state_products); only the chunk's
+ * A V_c, O(N C d_v), stays float (docs/algorithms.md §10.2).
  *
  * Results are the same bits on any thread count, for one backend; AMX's bits differ from the
  * portable and AVX512-BF16 ones, which agree.

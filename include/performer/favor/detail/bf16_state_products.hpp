@@ -1,5 +1,6 @@
 /// @file favor/detail/bf16_state_products.hpp
-/// @brief The causal pass's fold and carried product on bfloat16 operands with float sums
+/// @brief The causal pass's fold, carried product and chunk scores on bfloat16 operands with float
+/// sums
 /// (favor_bf16_attention's causal path, docs/algorithms.md §10.2), and the power-of-two scaling
 /// that brings the values into bfloat16's range first.
 #pragma once
@@ -53,16 +54,17 @@ inline void pack_state(const favor_state<float>& st, packed_rhs& out) {
 }
 
 /**
- * @brief The two O(N M d_v) products of favor_attention's causal pass (detail::causal_pass) on
- * bfloat16 operands: the fold S += phi_w(K_c)^T V_c of a chunk's keys, its weighted features
- * rounded as pairs of keys and z summed from the same rounded values (favor_bf16_attention's
- * bidirectional key state folds its blocks with it too), and the carried product
- * phi(Q_c) [S z], with [S z] rounded and packed per chunk.
- * The state holds the values scaled by 2^-e (value_scaling); the carried numerators come back
- * scaled by 2^e. The chunk's own C x C products stay float.
+ * @brief The two O(N M d_v) products of favor_attention's causal pass (detail::causal_pass), and
+ * the chunk's scores, on bfloat16 operands: the fold S += phi_w(K_c)^T V_c of a chunk's keys,
+ * its weighted features rounded as pairs of keys and z summed from the same rounded values
+ * (favor_bf16_attention's bidirectional key state folds its blocks with it too); the carried
+ * product phi(Q_c) [S z], with [S z] rounded and packed per chunk; and the scores
+ * phi(Q_c) phi(K_c)^T of the chunk's masked C x C product, O(N C M). The state holds the values
+ * scaled by 2^-e (value_scaling); the carried numerators come back scaled by 2^e. Only the
+ * chunk's A V_c, O(N C d_v), stays float.
  *
  * Each thread keeps its packed operands (thread-local, grown only). Per chunk of C tokens:
- * O(C M d_v) in the products, O(M d_v) to round and pack [S z].
+ * O(C M (d_v + C)) in the products, O(M (d_v + C)) to round and pack [S z] and phi(K_c).
  */
 struct state_products {
   bf16_backend backend;
@@ -112,6 +114,44 @@ struct state_products {
             /*accumulate=*/false);
     num = (s.values.topLeftCorner(rows, d_v) * scaling.up[0]) * scaling.up[1];
     den = s.values.col(d_v).head(rows);
+  }
+
+  /// The chunk's scores phi(Q_c) phi(K_c)^T (rows x keys, into a row-major block), both features
+  /// rounded: the weights exp(log_k_j - shift_i) and the values join them afterwards in float.
+  template <class PhiQ, class PhiK, class Scores>
+  void scores(const PhiQ& phi_q, const PhiK& phi_k, Scores& out) const {
+    const index_t rows = phi_q.rows();
+    const index_t keys = phi_k.rows();
+    const index_t m = phi_q.cols();
+    const index_t row_pairs = (m + 1) / 2;
+    thread_local scratch s;
+    thread_local aligned_buffer<pair> key_rows;
+    s.pairs.resize(static_cast<std::size_t>(rows * row_pairs));
+    for (index_t i = 0; i < rows; ++i) pack_row(&phi_q(i, 0), m, s.pairs.data() + i * row_pairs);
+    key_rows.resize(static_cast<std::size_t>(keys * row_pairs));
+    for (index_t j = 0; j < keys; ++j) pack_row(&phi_k(j, 0), m, key_rows.data() + j * row_pairs);
+    // The right operand is the keys' rows transposed: row p of pairs holds pair p of every key.
+    s.rhs.reset(m, keys);
+    index_t block_pairs = 0, block_keys = 0;
+#ifdef PERFORMER_BF16_X86
+    if (packs_with_avx512()) {
+      block_pairs = row_pairs / 16 * 16;
+      block_keys = keys / 16 * 16;
+      for (index_t p0 = 0; p0 < block_pairs; p0 += 16) {
+        for (index_t j0 = 0; j0 < block_keys; j0 += 16) {
+          transpose_block(key_rows.data() + j0 * row_pairs + p0, row_pairs, s.rhs.row(p0) + j0,
+                          s.rhs.stride);
+        }
+      }
+    }
+#endif
+    for (index_t p = 0; p < row_pairs; ++p) {
+      for (index_t j = p < block_pairs ? block_keys : 0; j < keys; ++j) {
+        s.rhs.row(p)[j] = key_rows[static_cast<std::size_t>(j * row_pairs + p)];
+      }
+    }
+    product({s.pairs.data(), rows, row_pairs, 1}, s.rhs, out.data(), out.outerStride(), backend,
+            /*accumulate=*/false);
   }
 
  private:

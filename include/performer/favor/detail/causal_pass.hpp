@@ -57,8 +57,8 @@ struct own_products {};
  *   prefix gives each block S_b; (C) in parallel, each chunk adds phi(Q_c) (S_b + R_c).
  *
  * Products: the O(N M d_v) two, the fold of a chunk's keys into the state and the carried
- * product phi(Q_c) [S z], run as Products says (own_products: Attention's own); the chunk's
- * C x C products stay Attention's.
+ * product phi(Q_c) [S z], and the chunk's scores phi(Q_c) phi(K_c)^T run as Products says
+ * (own_products: Attention's own); the chunk's A V_c stays Attention's.
  */
 template <class Attention, class Products = own_products>
 struct causal_pass {
@@ -230,10 +230,12 @@ struct causal_pass {
       running = std::max(running, static_cast<Acc>(log_k(i)));
       shift(i) = running;
     }
-    {
+    if constexpr (uses_own_products) {
       const auto phi_k_rows = lane.phi_k.middleRows(r0, rows);
       const auto& phi_k = as_accumulator<Acc>(phi_k_rows, lane.cast_k);
       scores.noalias() = phi_q * phi_k.transpose();
+    } else {
+      products.scores(phi_q_rows, lane.phi_k.middleRows(r0, rows), scores);
     }
     // A_ij = phi(q_i).phi(k_j) exp(log_k_j - shift_i), j <= i. exp(log_k_j - shift_i) =
     // exp(log_k_j - shift_j) when the maximum did not rise between j and i (the common case):
