@@ -3,7 +3,6 @@
 /// in standard C++, or with AVX512-BF16's conversion where the CPU has it (the same bits).
 #pragma once
 
-#include <bit>
 #include <cstdint>
 #include <type_traits>
 
@@ -68,7 +67,9 @@ PERFORMER_BF16_PACK_TARGET inline __m512i shift_high(__m512i x) noexcept {
 /// of about twenty.
 PERFORMER_BF16_PACK_TARGET inline __m512i round16(__m512 x) noexcept {
   const __m256bh h = _mm512_cvtneps_pbh(x);
-  return _mm512_maskz_cvtepu16_epi32(all, std::bit_cast<__m256i>(h));
+  // A vector cast, not std::bit_cast: a call returning a 256-bit vector outside this target
+  // would change the ABI (clang refuses it in a baseline build).
+  return _mm512_maskz_cvtepu16_epi32(all, (__m256i)h);
 }
 
 /// A mask of the first min(n, 16) lanes (none for n <= 0).
