@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <performer/core/detail/bf16_pack.hpp>
@@ -121,6 +122,36 @@ TEST(Bf16Packing, Avx512GivesThePortableBits) {
 #else
   GTEST_SKIP() << "not an x86-64 build";
 #endif
+}
+
+// transpose_pairs against the element-by-element layout, with and without the register blocks,
+// on shapes of full blocks, edges of both kinds and none; the bits are copied, never changed.
+TEST(Bf16Packing, TransposePairsLaysOutEveryRowsPairsContiguously) {
+  std::mt19937 gen(5);
+  std::uniform_int_distribution<pair> bits;
+  for (const auto& [rows, cols] : {std::pair{16, 16}, std::pair{37, 35}, std::pair{128, 32},
+                                   std::pair{5, 40}, std::pair{33, 7}, std::pair{0, 3}}) {
+    const index_t step = rows + 3;  // pairs step apart, with a gap
+    std::vector<pair> from(static_cast<std::size_t>(step * cols + 1));
+    for (pair& x : from) x = bits(gen);
+    const index_t width = cols + 5;
+    for (const bool blocks : {false, true}) {
+      if (blocks && !bf16_available(bf16_backend::avx512_bf16)) continue;  // reported below
+      std::vector<pair> to(static_cast<std::size_t>(rows * width + 1), 0xDEADBEEFu);
+      detail::bf16::transpose_pairs(from.data(), step, rows, cols, to.data(), width, blocks);
+      for (index_t i = 0; i < rows; ++i) {
+        for (index_t p = 0; p < width; ++p) {
+          const pair want = p < cols ? from[static_cast<std::size_t>(i + p * step)] : 0xDEADBEEFu;
+          ASSERT_EQ(to[static_cast<std::size_t>(i * width + p)], want)
+              << rows << " x " << cols << ", blocks " << blocks << ", at " << i << ", " << p;
+        }
+      }
+      ASSERT_EQ(to.back(), 0xDEADBEEFu);
+    }
+  }
+  if (!bf16_available(bf16_backend::avx512_bf16)) {
+    GTEST_SKIP() << "this CPU does not run AVX512-BF16: the element-by-element layout only";
+  }
 }
 
 // The packers take the fast path on a CPU that has it: the dispatching calls give the same bits

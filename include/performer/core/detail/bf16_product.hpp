@@ -230,41 +230,6 @@ struct alignas(64) tile_config {
 
 #define PERFORMER_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
 
-/// to[i * width + p] = from[i + p * step] for i, p < 16: a 16 x 16 block of a pair-major
-/// operand into the tile panel, 16 loads along the rows, a transpose in registers (unpacks of
-/// 32 and 64 bits, then of 128-bit lanes twice) and 16 stores along the pairs. The maskz forms
-/// with every lane: the plain ones start from _mm512_undefined (GCC 12: maybe-uninitialised).
-__attribute__((target("avx512f"))) inline void transpose_block(const pair* from, index_t step,
-                                                               pair* to, index_t width) {
-  constexpr __mmask16 all = 0xFFFF;
-  constexpr __mmask8 all64 = 0xFF;
-  __m512i r[16], t[16];
-  for (index_t p = 0; p < 16; ++p) r[p] = _mm512_loadu_si512(from + p * step);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_maskz_unpacklo_epi32(all, r[i], r[i + 1]);
-    t[i + 1] = _mm512_maskz_unpackhi_epi32(all, r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_maskz_unpacklo_epi64(all64, t[i], t[i + 2]);
-    r[i + 1] = _mm512_maskz_unpackhi_epi64(all64, t[i], t[i + 2]);
-    r[i + 2] = _mm512_maskz_unpacklo_epi64(all64, t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_maskz_unpackhi_epi64(all64, t[i + 1], t[i + 3]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_maskz_shuffle_i32x4(all, r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_maskz_shuffle_i32x4(all, r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_maskz_shuffle_i32x4(all, r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_maskz_shuffle_i32x4(all, r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_maskz_shuffle_i32x4(all, t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_maskz_shuffle_i32x4(all, t[i], t[i + 8], 0xDD);
-    r[i + 4] = _mm512_maskz_shuffle_i32x4(all, t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_maskz_shuffle_i32x4(all, t[i + 4], t[i + 12], 0xDD);
-  }
-  for (index_t i = 0; i < 16; ++i) _mm512_storeu_si512(to + i * width, r[i]);
-}
-
 /// c += a b on AMX tiles, by 32 x 32 blocks of c. The depth goes in spans of 128 pairs, each span
 /// of b (at most 128 KiB for 256 columns) serving every block of c before the next, so a long
 /// depth reads b from memory once instead of once per 32 rows; the sums pass through c between
@@ -297,22 +262,9 @@ PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs
           std::copy_n(&a.data[(i0 + r) * a.row_step + s0], filled, &panel[r * width]);
         }
       } else {
-        // Pair-major (the fold's keys, row_step 1): 16 x 16 blocks transposed in registers,
-        // then the edges (rows past the last 16, pairs past the last 16) one by one.
-        const index_t block_rows = a.row_step == 1 ? rows / 16 * 16 : 0;
-        const index_t block_pairs = filled / 16 * 16;
-        for (index_t r0 = 0; r0 < block_rows; r0 += 16) {
-          for (index_t p0 = 0; p0 < block_pairs; p0 += 16) {
-            transpose_block(&a.data[i0 + r0 + (s0 + p0) * a.pair_step], a.pair_step,
-                            &panel[r0 * width + p0], width);
-          }
-        }
-        for (index_t p = 0; p < filled; ++p) {
-          const pair* from = &a.data[i0 * a.row_step + (s0 + p) * a.pair_step];
-          for (index_t r = p < block_pairs ? block_rows : 0; r < rows; ++r) {
-            panel[r * width + p] = from[r * a.row_step];
-          }
-        }
+        // Pair-major (the fold's keys): its rows are contiguous, the panel's pairs are.
+        transpose_pairs(&a.data[i0 + s0 * a.pair_step], a.pair_step, rows, filled, panel.data(),
+                        width, packs_with_avx512());
       }
       for (index_t j0 = 0; j0 < b.cols; j0 += edge) {
         const index_t cols = std::min(edge, b.cols - j0);

@@ -1,8 +1,7 @@
 /// @file favor/detail/bf16_state_products.hpp
-/// @brief The causal pass's fold, carried product and chunk scores on bfloat16 operands with float
-/// sums
-/// (favor_bf16_attention's causal path, docs/algorithms.md §10.2), and the power-of-two scaling
-/// that brings the values into bfloat16's range first.
+/// @brief The causal pass's fold, carried product and chunk scores on bfloat16 operands with
+/// float sums (favor_bf16_attention's causal path, docs/algorithms.md §10.2), and the
+/// power-of-two scaling that brings the values into bfloat16's range first.
 #pragma once
 
 #include <algorithm>
@@ -132,24 +131,8 @@ struct state_products {
     for (index_t j = 0; j < keys; ++j) pack_row(&phi_k(j, 0), m, key_rows.data() + j * row_pairs);
     // The right operand is the keys' rows transposed: row p of pairs holds pair p of every key.
     s.rhs.reset(m, keys);
-    index_t block_pairs = 0, block_keys = 0;
-#ifdef PERFORMER_BF16_X86
-    if (packs_with_avx512()) {
-      block_pairs = row_pairs / 16 * 16;
-      block_keys = keys / 16 * 16;
-      for (index_t p0 = 0; p0 < block_pairs; p0 += 16) {
-        for (index_t j0 = 0; j0 < block_keys; j0 += 16) {
-          transpose_block(key_rows.data() + j0 * row_pairs + p0, row_pairs, s.rhs.row(p0) + j0,
-                          s.rhs.stride);
-        }
-      }
-    }
-#endif
-    for (index_t p = 0; p < row_pairs; ++p) {
-      for (index_t j = p < block_pairs ? block_keys : 0; j < keys; ++j) {
-        s.rhs.row(p)[j] = key_rows[static_cast<std::size_t>(j * row_pairs + p)];
-      }
-    }
+    transpose_pairs(key_rows.data(), row_pairs, row_pairs, keys, s.rhs.row(0), s.rhs.stride,
+                    packs_with_avx512());
     product({s.pairs.data(), rows, row_pairs, 1}, s.rhs, out.data(), out.outerStride(), backend,
             /*accumulate=*/false);
   }
