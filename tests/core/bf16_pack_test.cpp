@@ -101,6 +101,11 @@ TEST(Bf16Packing, Avx512GivesThePortableBits) {
     detail::bf16::pack_row_portable(a.data(), n, portable.data());
     ASSERT_EQ(fast, portable) << "pack_row, n = " << n;
     ASSERT_EQ(fast[static_cast<std::size_t>((n + 1) / 2)], 0xDEADBEEFu) << n;
+    std::vector<float> fast_rounded(slots, 0.5f), portable_rounded(slots, 0.5f);
+    detail::bf16::round_row_avx512(a.data(), n, fast_rounded.data());
+    detail::bf16::round_row_portable(a.data(), n, portable_rounded.data());
+    ASSERT_EQ(bits_of(fast_rounded), bits_of(portable_rounded)) << "round_row, n = " << n;
+    ASSERT_EQ(fast_rounded[static_cast<std::size_t>(n)], 0.5f) << n;
     for (const float wa : {1.0f, 0.375f, 0x1p-100f}) {
       for (const bool two : {true, false}) {
         const float wb = 3.0f;

@@ -23,12 +23,16 @@ using pair = std::uint32_t;
   return static_cast<pair>(round(even)) | (static_cast<pair>(round(odd)) << 16);
 }
 
-/// pack_row and pack_two_rows in standard C++ (any CPU); the compiler vectorises them.
+/// pack_row, round_row and pack_two_rows in standard C++ (any CPU); the compiler vectorises them.
 inline void pack_row_portable(const float* x, index_t n, pair* out) noexcept {
   for (index_t p = 0; p < n / 2; ++p) {
     out[p] = static_cast<pair>(round(x[2 * p])) | (static_cast<pair>(round(x[2 * p + 1])) << 16);
   }
   if (n % 2 != 0) out[n / 2] = round(x[n - 1]);
+}
+
+inline void round_row_portable(const float* x, index_t n, float* out) noexcept {
+  for (index_t i = 0; i < n; ++i) out[i] = widen(round(x[i]));
 }
 
 inline void pack_two_rows_portable(const float* a, float wa, const float* b, float wb, index_t n,
@@ -90,6 +94,15 @@ PERFORMER_BF16_PACK_TARGET inline void pack_row_avx512(const float* x, index_t n
     const __m512i odd = round16(_mm512_permutex2var_ps(lo, odds, hi));
     _mm512_mask_storeu_epi32(out + i / 2, first((left + 1) / 2),
                              _mm512_or_si512(even, shift_high(odd)));
+  }
+}
+
+PERFORMER_BF16_PACK_TARGET inline void round_row_avx512(const float* x, index_t n,
+                                                        float* out) noexcept {
+  for (index_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first(n - i);
+    const __m512i bits = shift_high(round16(_mm512_maskz_loadu_ps(m, x + i)));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_castsi512_ps(bits));
   }
 }
 
@@ -162,6 +175,14 @@ inline void pack_row(const float* x, index_t n, pair* out) noexcept {
   if (packs_with_avx512()) return pack_row_avx512(x, n, out);
 #endif
   pack_row_portable(x, n, out);
+}
+
+/// out[i] = x[i] rounded to bfloat16 and widened back to float (exact), for i < n. O(n).
+inline void round_row(const float* x, index_t n, float* out) noexcept {
+#ifdef PERFORMER_BF16_PACK_X86
+  if (packs_with_avx512()) return round_row_avx512(x, n, out);
+#endif
+  round_row_portable(x, n, out);
 }
 
 /// out[i] = the pair (a[i] wa, b[i] wb), each rounded to bfloat16, for i < n; sum[i] += the two

@@ -27,8 +27,11 @@ inline void project_rows(const const_matrix_ref<float>& x, const packed_rhs& w_t
   if (rows.rows() < n || rows.cols() != d) rows.resize(std::max(rows.rows(), n), d);
   pairs.resize(static_cast<std::size_t>(std::max<index_t>(1, rows.rows() * row_pairs)));
   auto rounded = rows.topRows(n);
-  rounded = x.unaryExpr([](float e) { return widen(round(e)); });
-  for (index_t i = 0; i < n; ++i) pack_row(&rounded(i, 0), d, pairs.data() + i * row_pairs);
+  for (index_t i = 0; i < n; ++i) {
+    const float* row = x.data() + i * x.outerStride();
+    round_row(row, d, &rounded(i, 0));
+    pack_row(row, d, pairs.data() + i * row_pairs);  // rounds as round_row did
+  }
   product({pairs.data(), n, row_pairs, 1}, w_t, phi.data(), phi.outerStride(), backend,
           /*accumulate=*/false);
 }
