@@ -25,10 +25,8 @@ using pair = std::uint32_t;
 
 /// pack_row, round_row and pack_two_rows in standard C++ (any CPU); the compiler vectorises them.
 inline void pack_row_portable(const float* x, index_t n, pair* out) noexcept {
-  for (index_t p = 0; p < n / 2; ++p) {
-    out[p] = static_cast<pair>(round(x[2 * p])) | (static_cast<pair>(round(x[2 * p + 1])) << 16);
-  }
-  if (n % 2 != 0) out[n / 2] = round(x[n - 1]);
+  for (index_t p = 0; p < n / 2; ++p) out[p] = pack(x[2 * p], x[2 * p + 1]);
+  if (n % 2 != 0) out[n / 2] = pack(x[n - 1], 0.0f);
 }
 
 inline void round_row_portable(const float* x, index_t n, float* out) noexcept {
@@ -198,11 +196,11 @@ inline void pack_two_rows(const float* a, float wa, const float* b, float wb, in
 
 /// to[i * width + p] = from[i + p * step] for i < rows, p < cols: a pair-major operand (rows
 /// contiguous, pairs `step` apart) laid out with each row's pairs contiguous, as an AMX panel or a
-/// packed_rhs of transposed rows needs. With `blocks` (the CPU has AVX512-BF16), in 16 x 16 blocks
-/// transposed in registers and only the edges one by one: element by element, the copy took 29%
-/// of the AMX product's time in a causal pass. O(rows cols).
+/// packed_rhs of transposed rows needs. With `blocks` (by default, where the CPU has
+/// AVX512-BF16), in 16 x 16 blocks transposed in registers and only the edges one by one: element
+/// by element, the copy took 29% of the AMX product's time in a causal pass. O(rows cols).
 inline void transpose_pairs(const pair* from, index_t step, index_t rows, index_t cols, pair* to,
-                            index_t width, bool blocks) noexcept {
+                            index_t width, bool blocks = packs_with_avx512()) noexcept {
   index_t block_rows = 0, block_cols = 0;
 #ifdef PERFORMER_BF16_PACK_X86
   if (blocks) {

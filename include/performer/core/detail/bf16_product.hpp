@@ -264,7 +264,7 @@ PERFORMER_AMX_TARGET inline void product_amx(const lhs_view& a, const packed_rhs
       } else {
         // Pair-major (the fold's keys): its rows are contiguous, the panel's pairs are.
         transpose_pairs(&a.data[i0 + s0 * a.pair_step], a.pair_step, rows, filled, panel.data(),
-                        width, packs_with_avx512());
+                        width);
       }
       for (index_t j0 = 0; j0 < b.cols; j0 += edge) {
         const index_t cols = std::min(edge, b.cols - j0);

@@ -131,8 +131,7 @@ struct state_products {
     for (index_t j = 0; j < keys; ++j) pack_row(&phi_k(j, 0), m, key_rows.data() + j * row_pairs);
     // The right operand is the keys' rows transposed: row p of pairs holds pair p of every key.
     s.rhs.reset(m, keys);
-    transpose_pairs(key_rows.data(), row_pairs, row_pairs, keys, s.rhs.row(0), s.rhs.stride,
-                    packs_with_avx512());
+    transpose_pairs(key_rows.data(), row_pairs, row_pairs, keys, s.rhs.row(0), s.rhs.stride);
     product({s.pairs.data(), rows, row_pairs, 1}, s.rhs, out.data(), out.outerStride(), backend,
             /*accumulate=*/false);
   }
