@@ -93,7 +93,7 @@ INSTANTIATE_TEST_SUITE_P(Backends, Bf16Projection,
 TEST(Bf16ProjectionBadInput, RefusesBackendsFeatureCountsAndShapes) {
   for (const bf16_backend b : {bf16_backend::avx512_bf16, bf16_backend::amx}) {
     if (!bf16_available(b)) {
-      PERFORMER_EXPECT_INVALID("bf16_backend::", "does not run it", bf16_projection<>({}, b));
+      PERFORMER_EXPECT_INVALID("bf16_resolve", "does not run it", bf16_projection<>({}, b));
     }
   }
   PERFORMER_EXPECT_INVALID("bf16_projection", "one feature per projection (M = m), not 16",

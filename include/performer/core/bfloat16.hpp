@@ -105,7 +105,8 @@ inline bool cpu_runs_amx_bf16() noexcept { return false; }
     }
     return bf16_backend::portable;
   }
-  PERFORMER_PRECONDITION(bf16_available(requested), "bf16_backend::", bf16_name(requested),
+  PERFORMER_PRECONDITION(bf16_available(requested), "bf16_resolve: bf16_backend::",
+                         bf16_name(requested),
                          " requested, but this CPU or OS does not run it (use "
                          "bf16_backend::automatic or portable)");
   return requested;
