@@ -152,13 +152,16 @@ struct operands {
   }
 };
 
-// Shapes that reach every tile: rows past multiples of 6 and 32, odd depths, columns in 1 to 5
-// registers with a partial last one, depths of more than one span of 128 pairs (the last one
-// partial).
-const problem shapes[] = {{1, 1, 1, false},     {7, 3, 15, false},   {13, 64, 16, false},
-                          {6, 65, 17, true},    {19, 256, 80, true}, {25, 64, 256, false},
-                          {5, 2, 100, true},    {12, 33, 65, false}, {3, 128, 49, true},
-                          {37, 601, 40, false}, {33, 520, 20, true}};
+// Shapes that reach every tile: rows past multiples of 6 and 32, and rows that leave every
+// smaller tile (8, 4, 2, 1) of the avx512_bf16 backend's 5, 6, 8 and 12-row tiles; odd depths;
+// columns in 1 to 9 registers with a partial last one (a last group of 1 to 5 registers);
+// depths of more than one span of 128 pairs (the last one partial).
+const problem shapes[] = {
+    {1, 1, 1, false},     {7, 3, 15, false},   {13, 64, 16, false},  {6, 65, 17, true},
+    {19, 256, 80, true},  {25, 64, 256, false}, {5, 2, 100, true},   {12, 33, 65, false},
+    {3, 128, 49, true},   {37, 601, 40, false}, {33, 520, 20, true}, {31, 40, 9, false},
+    {23, 17, 30, true},   {15, 70, 47, false},  {29, 9, 65, true},   {31, 300, 144, false},
+    {11, 8, 97, true}};
 
 // Every output of `backend` within the float-sum bound of the double product.
 void expect_within_bound(bf16_backend backend, unsigned seed) {

@@ -169,28 +169,48 @@ PERFORMER_BF16_TARGET inline void product_tile(const lhs_view& a, const packed_r
   }
 }
 
-/// Rows of R, column registers of up to 4 (R = 6: 24 sums, 4 right-hand registers and one
-/// broadcast of the 32 a core has); the rows left over one at a time. The depth goes in spans
-/// of 128 pairs, so that the span of b (at most 32 KiB) stays in L1 across the rows; the sums
-/// go through c between spans, which leaves every addition and its order as they were.
+/// The rows of a tile of T column registers: as many as keep R T sums, T right-hand registers
+/// and one broadcast within the 32 registers, and at least 12 sums, which VDPBF16PS's latency
+/// (6 cycles on Zen 5) times its rate (2 per cycle) asks for. A lone register of sums (the
+/// den of [S z], 65 columns) ran its 6 rows at half the rate and took a third as long as the
+/// 64 columns before it (bench_favor_bf16, avx512_bf16/16384: 5.3% against 11.7%).
+template <std::size_t T>
+inline constexpr std::size_t tile_rows = T >= 5 ? 5 : T == 4 ? 6 : T == 3 ? 8 : 12;
+
+/// The rows [i, a.rows) of column registers [t0, t0 + T) and pairs [p0, p1), in tiles of R
+/// rows, then of 8, 4, 2 and 1 below R: three or four tiles at most for the rest.
+template <std::size_t R, std::size_t T>
+PERFORMER_BF16_TARGET inline void product_rows(const lhs_view& a, const packed_rhs& b, float* c,
+                                               index_t ldc, index_t i, index_t t0, index_t p0,
+                                               index_t p1, __mmask16 last, bool from_zero) {
+  constexpr auto rows = static_cast<index_t>(R);
+  for (; i + rows <= a.rows; i += rows) {
+    product_tile<R, T>(a, b, c, ldc, i, t0, p0, p1, last, from_zero);
+  }
+  if constexpr (R > 1) {
+    if (i < a.rows) {
+      constexpr std::size_t next = R > 8 ? 8 : R > 4 ? 4 : R / 2;
+      product_rows<next, T>(a, b, c, ldc, i, t0, p0, p1, last, from_zero);
+    }
+  }
+}
+
+/// Column registers [t0, t0 + T) of c += a b. The depth goes in spans of 128 pairs, so that
+/// the span of b (at most 40 KiB) stays in L1 across the rows; the sums go through c between
+/// spans, which leaves every addition and its order as they were.
 template <std::size_t T>
 PERFORMER_BF16_TARGET inline void product_columns(const lhs_view& a, const packed_rhs& b, float* c,
                                                   index_t ldc, index_t t0, __mmask16 last,
                                                   bool accumulate) {
-  constexpr std::size_t R = 6;
-  constexpr auto rows = static_cast<index_t>(R);
   constexpr index_t span = 128;
   for (index_t p0 = 0; p0 < b.depth_pairs(); p0 += span) {
     const index_t p1 = std::min(p0 + span, b.depth_pairs());
-    const bool from_zero = p0 == 0 && !accumulate;
-    index_t i = 0;
-    for (; i + rows <= a.rows; i += rows) {
-      product_tile<R, T>(a, b, c, ldc, i, t0, p0, p1, last, from_zero);
-    }
-    for (; i < a.rows; ++i) product_tile<1, T>(a, b, c, ldc, i, t0, p0, p1, last, from_zero);
+    product_rows<tile_rows<T>, T>(a, b, c, ldc, 0, t0, p0, p1, last, p0 == 0 && !accumulate);
   }
 }
 
+/// Column registers in groups of 4, the last group of 2 to 5 (1 only when b has one register):
+/// no lone register of sums after a group of 4.
 PERFORMER_BF16_TARGET inline void product_avx512(const lhs_view& a, const packed_rhs& b, float* c,
                                                  index_t ldc, bool accumulate = true) {
   const index_t registers = b.stride / 16;
@@ -198,8 +218,11 @@ PERFORMER_BF16_TARGET inline void product_avx512(const lhs_view& a, const packed
   const auto full = static_cast<__mmask16>(0xFFFF);
   const auto last = static_cast<__mmask16>((1u << tail) - 1u);
   index_t t = 0;
-  for (; t + 4 < registers; t += 4) product_columns<4>(a, b, c, ldc, t, full, accumulate);
+  for (; registers - t > 5; t += 4) product_columns<4>(a, b, c, ldc, t, full, accumulate);
   switch (registers - t) {
+    case 5:
+      product_columns<5>(a, b, c, ldc, t, last, accumulate);
+      break;
     case 4:
       product_columns<4>(a, b, c, ldc, t, last, accumulate);
       break;
@@ -209,10 +232,8 @@ PERFORMER_BF16_TARGET inline void product_avx512(const lhs_view& a, const packed
     case 2:
       product_columns<2>(a, b, c, ldc, t, last, accumulate);
       break;
-    case 1:
-      product_columns<1>(a, b, c, ldc, t, last, accumulate);
-      break;
     default:
+      product_columns<1>(a, b, c, ldc, t, last, accumulate);
       break;
   }
 }
