@@ -279,3 +279,5 @@ INSTANTIATE_TYPED_TEST_SUITE_P(favor_bf16, attention_bad_input, bf16_makers);
 INSTANTIATE_TYPED_TEST_SUITE_P(favor_bf16, attention_determinism, bf16_makers);
 INSTANTIATE_TYPED_TEST_SUITE_P(favor_bf16, attention_extreme_values, bf16_makers);
 }  // namespace performer::conformance
+
+#undef SKIP_UNLESS_AVAILABLE  // the favor tests build in unity batches: keep it to this file

@@ -170,10 +170,11 @@ PERFORMER_BF16_TARGET inline void product_tile(const lhs_view& a, const packed_r
 }
 
 /// The rows of a tile of T column registers: as many as keep R T sums, T right-hand registers
-/// and one broadcast within the 32 registers, and at least 12 sums, which VDPBF16PS's latency
-/// (6 cycles on Zen 5) times its rate (2 per cycle) asks for. A lone register of sums (the
-/// den of [S z], 65 columns) ran its 6 rows at half the rate and took a third as long as the
-/// 64 columns before it (bench_favor_bf16, avx512_bf16/16384: 5.3% against 11.7%).
+/// and one broadcast within the 32 registers, and at least 12 sums, the independent sums with
+/// which bench_bf16's instruction_rate reaches VDPBF16PS's rate. A lone register of sums (the
+/// den of [S z], 65 columns) ran its 6 rows at less than half the rate, taking half as long as
+/// the 64 columns before it (a Zen 5 profile of bench_favor_bf16 avx512_bf16/16384: 5.3% of
+/// the time against 11.7%).
 template <std::size_t T>
 inline constexpr std::size_t tile_rows = T >= 5 ? 5 : T == 4 ? 6 : T == 3 ? 8 : 12;
 
