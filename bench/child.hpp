@@ -142,12 +142,52 @@ std::pair<double, double> square_gemm_gflops(index_t size, Clock cpu_seconds, in
   return {flops / wall[wall.size() / 2] / 1e9, flops / cpu[cpu.size() / 2] / 1e9};
 }
 
+/// The same for C = A B with bfloat16 A and B and float sums, on the backend favor_bf16 runs
+/// (bf16_backend::automatic), A's rows split over the threads in panels of 96 (as favor_bf16
+/// splits its blocks). A is packed and B laid out once, outside the timing.
+template <class Clock>
+std::pair<double, double> square_bf16_gflops(index_t size, Clock cpu_seconds, int runs = 5) {
+  namespace bf = detail::bf16;
+  const row_matrix<T> a = conformance::random_matrix<T>(size, size, 11);
+  const row_matrix<T> b = conformance::random_matrix<T>(size, size, 12);
+  const index_t pairs = (size + 1) / 2;
+  bf::aligned_buffer<bf::pair> a_pairs(static_cast<std::size_t>(size * pairs));
+  for (index_t i = 0; i < size; ++i) bf::pack_row(&a(i, 0), size, a_pairs.data() + i * pairs);
+  bf::packed_rhs b_pairs;
+  b_pairs.assign(size, size, [&](index_t k, index_t j) { return b(k, j); });
+  row_matrix<T> c(size, size);
+  const bf16_backend backend = bf16_resolve(bf16_backend::automatic);
+  constexpr index_t panel = 96;
+  const auto product = [&] {
+    detail::parallel_for((size + panel - 1) / panel, [&](index_t p, index_t /*lane*/) {
+      const index_t r0 = p * panel;
+      bf::product({a_pairs.data() + r0 * pairs, std::min(panel, size - r0), pairs, 1}, b_pairs,
+                  c.data() + r0 * size, size, backend, /*accumulate=*/false);
+    });
+  };
+  product();
+  std::vector<double> wall, cpu;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = cpu_seconds();
+    product();
+    cpu.push_back(cpu_seconds() - c0);
+    wall.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(wall.begin(), wall.end());
+  std::sort(cpu.begin(), cpu.end());
+  const double s = static_cast<double>(size);
+  const double flops = 2.0 * s * s * s;
+  return {flops / wall[wall.size() / 2] / 1e9, flops / cpu[cpu.size() / 2] / 1e9};
+}
+
 /// Square sizes the machine peak is measured at; the peak is the best of their medians, so
 /// that no single size's packing or cache fit sets it.
 inline constexpr index_t peak_sizes[] = {512, 1024, 2048};
 
 /// Child: square GEMMs at each peak size on this thread count; the peak is the best median, in
-/// wall time and in CPU time.
+/// wall time and in CPU time. Then, where the CPU has bfloat16 instructions, the same with
+/// bfloat16 products (bf16_peak_*).
 inline int run_peak_child(int threads) {
   set_threads(threads);
   double best_wall = 0;
@@ -159,7 +199,22 @@ inline int run_peak_child(int threads) {
     best_cpu = std::max(best_cpu, cpu);
     std::cout << "wall_" << size << "=" << wall << " cpu_" << size << "=" << cpu << " ";
   }
-  std::cout << "peak_wall=" << best_wall << " peak_cpu=" << best_cpu << "\n";
+  std::cout << "peak_wall=" << best_wall << " peak_cpu=" << best_cpu;
+  // A bfloat16 peak only where the CPU has bfloat16 instructions: the portable backend's rate
+  // is no machine peak.
+  const bf16_backend backend = bf16_resolve(bf16_backend::automatic);
+  if (backend != bf16_backend::portable) {
+    best_wall = best_cpu = 0;
+    for (const index_t size : peak_sizes) {
+      const auto [wall, cpu] = square_bf16_gflops(size, cpu_seconds);
+      best_wall = std::max(best_wall, wall);
+      best_cpu = std::max(best_cpu, cpu);
+      std::cout << " bf16_wall_" << size << "=" << wall << " bf16_cpu_" << size << "=" << cpu;
+    }
+    std::cout << " bf16_peak_wall=" << best_wall << " bf16_peak_cpu=" << best_cpu
+              << " bf16_backend=" << static_cast<int>(backend);
+  }
+  std::cout << "\n";
   return 0;
 }
 

@@ -1,7 +1,8 @@
-// performer_sweep: the project's main job. Measures the machine's fp32 GEMM peak, then runs a
-// set of kernels over sequence lengths, each configuration in a child process (so that one
-// configuration's memory never leaks into another's figures), prints a table with progress
-// while it works, and writes CSV, JSON and a gnuplot script to an absolute path it prints.
+// performer_sweep: the project's main job. Measures the machine's fp32 GEMM peak (and bf16, where
+// the CPU has bfloat16 instructions), then runs a set of kernels over sequence lengths, each
+// configuration in a child process (so that one configuration's memory never leaks into
+// another's figures), prints a table with progress while it works, and writes CSV, JSON and a
+// gnuplot script to an absolute path it prints.
 // Each child measures its kernel's first call's memory with the counting allocator, then times
 // the kernel and its ceiling (the same matrix products alone, bench/ceilings.hpp) interleaved.
 // Configurations whose estimated memory exceeds the cap are skipped, with the reason printed.
@@ -259,20 +260,25 @@ int main(int argc, char** argv) {
   // With one thread the ratios use CPU time (see run_child); the peak is measured alike.
   facts.by_cpu = facts.threads == 1;
   const std::string clock = facts.by_cpu ? "cpu_" : "wall_";
-  std::string peak_sizes;
+  std::string peak_sizes, bf16_sizes, bf16_backend;
   {
     std::map<std::string, double> values, info;
     std::string failure;
-    std::cerr << "measuring the machine's fp32 GEMM peak..." << std::flush;
+    std::cerr << "measuring the machine's fp32 and bf16 GEMM peaks..." << std::flush;
     if (run_and_parse("'" + exe + "' --child-peak " + std::to_string(facts.threads), values, info,
                       failure)) {
       facts.peak_gflops = values[facts.by_cpu ? "peak_cpu" : "peak_wall"];
+      facts.bf16_peak_gflops = values[facts.by_cpu ? "bf16_peak_cpu" : "bf16_peak_wall"];
       for (const idx size : performer::bench::peak_sizes) {
         peak_sizes += (peak_sizes.empty() ? "" : ", ") + std::to_string(size) + ": " +
                       performer::bench::fixed(values[clock + std::to_string(size)], 1);
+        bf16_sizes += (bf16_sizes.empty() ? "" : ", ") + std::to_string(size) + ": " +
+                      performer::bench::fixed(values["bf16_" + clock + std::to_string(size)], 1);
       }
+      bf16_backend = performer::bf16_name(
+          static_cast<performer::bf16_backend>(static_cast<int>(values["bf16_backend"])));
     }
-    std::cerr << "\r" << std::string(48, ' ') << "\r";
+    std::cerr << "\r" << std::string(56, ' ') << "\r";
   }
   const double load_start = load_average();
   std::cout << "performer_sweep: " << facts.mode << " run, d = " << facts.d
@@ -289,6 +295,14 @@ int main(int argc, char** argv) {
                           (facts.by_cpu ? "CPU" : "wall") + " time (size: GFLOP/s " + peak_sizes +
                           ")"
                     : "not measured (its child failed): no % peak")
+            << "\n"
+            << "machine bf16 GEMM peak: "
+            << (facts.bf16_peak_gflops > 0
+                    ? performer::bench::fixed(facts.bf16_peak_gflops, 1) +
+                          " GFLOP/s, the same with bfloat16 products and float sums on the " +
+                          bf16_backend + " backend (size: GFLOP/s " + bf16_sizes + ")"
+                    : std::string("none (no bfloat16 instructions, or the child failed): "
+                                  "bfloat16 rows are over the fp32 peak"))
             << "\n"
             << "memory: " << facts.memory_method << "\n"
             << "results: " << facts.out_dir << "\n\n";
