@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -266,6 +267,19 @@ TEST(FavorBf16BadInput, RefusesBadOptions) {
   // The causal layout is favor_attention's, checked by it.
   PERFORMER_EXPECT_INVALID("favor_attention", "chunk (0)",
                            bf16_favor(d, 16, 0, {}, {}, {.causal = {.chunk = 0}}));
+}
+
+// A finite key can round to infinity (bfloat16's largest is below float's): that is an
+// overflow, reported as the result's, not as a non-finite input.
+TEST(FavorBf16BadInput, AFiniteKeyThatRoundsToInfinityIsAnOverflow) {
+  const auto q = uniform(64, d, 1), v = uniform(64, d, 3);
+  auto k = uniform(64, d, 2);
+  k(37, 5) = std::numeric_limits<float>::max();
+  ASSERT_TRUE(std::isinf(detail::bf16::widen(detail::bf16::round(k(37, 5)))));
+  for (const attention_mask& mask : {attention_mask{}, causal}) {
+    PERFORMER_EXPECT_INVALID("favor_bf16_attention::forward", "the result overflowed",
+                             (void)run(bf16_favor(d, m, 5), q, k, v, mask));
+  }
 }
 
 }  // namespace
