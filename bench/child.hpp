@@ -119,19 +119,17 @@ inline int run_child(const std::string& name, const config& c, int threads, doub
   return 0;
 }
 
-/// GFLOP/s of a size^3 float GEMM with Eigen on its current thread count, median of `runs`
-/// after one warm-up, by wall time and by the CPU time `cpu_seconds()` reads.
-template <class Clock>
-std::pair<double, double> square_gemm_gflops(index_t size, Clock cpu_seconds, int runs = 5) {
-  const row_matrix<T> a = conformance::random_matrix<T>(size, size, 11);
-  const row_matrix<T> b = conformance::random_matrix<T>(size, size, 12);
-  row_matrix<T> c(size, size);
-  c.noalias() = a * b;
+/// GFLOP/s of `product`, a size^3 matrix product, median of `runs` after one warm-up, by wall
+/// time and by the CPU time `cpu_seconds()` reads.
+template <class Product, class Clock>
+std::pair<double, double> square_product_gflops(index_t size, Product&& product,
+                                                Clock cpu_seconds, int runs) {
+  product();
   std::vector<double> wall, cpu;
   for (int r = 0; r < runs; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     const double c0 = cpu_seconds();
-    c.noalias() = a * b;
+    product();
     cpu.push_back(cpu_seconds() - c0);
     wall.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
@@ -140,6 +138,15 @@ std::pair<double, double> square_gemm_gflops(index_t size, Clock cpu_seconds, in
   const double s = static_cast<double>(size);
   const double flops = 2.0 * s * s * s;
   return {flops / wall[wall.size() / 2] / 1e9, flops / cpu[cpu.size() / 2] / 1e9};
+}
+
+/// A size^3 float GEMM with Eigen on its current thread count (square_product_gflops).
+template <class Clock>
+std::pair<double, double> square_gemm_gflops(index_t size, Clock cpu_seconds, int runs = 5) {
+  const row_matrix<T> a = conformance::random_matrix<T>(size, size, 11);
+  const row_matrix<T> b = conformance::random_matrix<T>(size, size, 12);
+  row_matrix<T> c(size, size);
+  return square_product_gflops(size, [&] { c.noalias() = a * b; }, cpu_seconds, runs);
 }
 
 /// The same for C = A B with bfloat16 A and B and float sums, on the backend favor_bf16 runs
@@ -165,20 +172,7 @@ std::pair<double, double> square_bf16_gflops(index_t size, Clock cpu_seconds, in
                   c.data() + r0 * size, size, backend, /*accumulate=*/false);
     });
   };
-  product();
-  std::vector<double> wall, cpu;
-  for (int r = 0; r < runs; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const double c0 = cpu_seconds();
-    product();
-    cpu.push_back(cpu_seconds() - c0);
-    wall.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(wall.begin(), wall.end());
-  std::sort(cpu.begin(), cpu.end());
-  const double s = static_cast<double>(size);
-  const double flops = 2.0 * s * s * s;
-  return {flops / wall[wall.size() / 2] / 1e9, flops / cpu[cpu.size() / 2] / 1e9};
+  return square_product_gflops(size, product, cpu_seconds, runs);
 }
 
 /// Square sizes the machine peak is measured at; the peak is the best of their medians, so
