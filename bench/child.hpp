@@ -179,34 +179,35 @@ std::pair<double, double> square_bf16_gflops(index_t size, Clock cpu_seconds, in
 /// that no single size's packing or cache fit sets it.
 inline constexpr index_t peak_sizes[] = {512, 1024, 2048};
 
-/// Child: square GEMMs at each peak size on this thread count; the peak is the best median, in
-/// wall time and in CPU time. Then, where the CPU has bfloat16 instructions, the same with
-/// bfloat16 products (bf16_peak_*).
-inline int run_peak_child(int threads) {
-  set_threads(threads);
+/// Prints `<prefix>wall_<size>=` and `<prefix>cpu_<size>=` for each peak size, then
+/// `<prefix>peak_wall=` and `<prefix>peak_cpu=`, the best of the (wall, CPU) GFLOP/s that
+/// `measure(size)` gave.
+template <class Measure>
+void print_peak(const std::string& prefix, Measure&& measure) {
   double best_wall = 0;
   double best_cpu = 0;
-  std::cout << std::setprecision(9);
   for (const index_t size : peak_sizes) {
-    const auto [wall, cpu] = square_gemm_gflops(size, cpu_seconds);
+    const auto [wall, cpu] = measure(size);
     best_wall = std::max(best_wall, wall);
     best_cpu = std::max(best_cpu, cpu);
-    std::cout << "wall_" << size << "=" << wall << " cpu_" << size << "=" << cpu << " ";
+    std::cout << " " << prefix << "wall_" << size << "=" << wall << " " << prefix << "cpu_" << size
+              << "=" << cpu;
   }
-  std::cout << "peak_wall=" << best_wall << " peak_cpu=" << best_cpu;
-  // A bfloat16 peak only where the CPU has bfloat16 instructions: the portable backend's rate
-  // is no machine peak.
+  std::cout << " " << prefix << "peak_wall=" << best_wall << " " << prefix
+            << "peak_cpu=" << best_cpu;
+}
+
+/// Child: square GEMMs at each peak size on this thread count; the peak is the best median, in
+/// wall time and in CPU time. Then, where the CPU has bfloat16 instructions, the same with
+/// bfloat16 products (bf16_peak_*): the portable backend's rate is no machine peak.
+inline int run_peak_child(int threads) {
+  set_threads(threads);
+  std::cout << std::setprecision(9);
+  print_peak("", [](index_t size) { return square_gemm_gflops(size, cpu_seconds); });
   const bf16_backend backend = bf16_resolve(bf16_backend::automatic);
   if (backend != bf16_backend::portable) {
-    best_wall = best_cpu = 0;
-    for (const index_t size : peak_sizes) {
-      const auto [wall, cpu] = square_bf16_gflops(size, cpu_seconds);
-      best_wall = std::max(best_wall, wall);
-      best_cpu = std::max(best_cpu, cpu);
-      std::cout << " bf16_wall_" << size << "=" << wall << " bf16_cpu_" << size << "=" << cpu;
-    }
-    std::cout << " bf16_peak_wall=" << best_wall << " bf16_peak_cpu=" << best_cpu
-              << " bf16_backend=" << static_cast<int>(backend);
+    print_peak("bf16_", [](index_t size) { return square_bf16_gflops(size, cpu_seconds); });
+    std::cout << " bf16_backend=" << static_cast<int>(backend);
   }
   std::cout << "\n";
   return 0;

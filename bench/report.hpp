@@ -64,7 +64,8 @@ inline double ceiling_fraction(const result& r) {
   return ratio * value_or(r, "flops", 0) / c_flops;
 }
 
-/// Whether the kernel's products are bfloat16 ones (favor_bf16 and its causal and protein rows).
+/// Whether the kernel's products are bfloat16 ones (favor_bf16; protein_favor_bf16 counts no
+/// flops, so it has no % peak).
 inline bool is_bf16(const result& r) { return r.kernel.find("bf16") != std::string::npos; }
 
 /// GFLOP/s as a fraction of the machine peak, both by the run's clock (CPU or wall time): the
