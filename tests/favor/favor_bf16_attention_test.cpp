@@ -45,7 +45,7 @@ struct bf16_maker {
   static constexpr bool fixed_head_width = true;
   // Invariances that re-block the keys (padding, permutation) change each key's weight
   // relative to its block's maximum before it is rounded, so results move by bfloat16's
-  // rounding, not float's: each run is within rounding_bound() max|v| (0.0238; see
+  // rounding, not float's: each run is within rounding_bound() max|v| (0.0239; see
   // StaysWithinTheRoundingBoundOfFloatFavor) of float FAVOR+, so two runs within twice that,
   // and the suites' values are at most 1 in size: 0.05.
   static constexpr double tolerance = 5e-2;
@@ -117,9 +117,10 @@ TEST_P(FavorBf16, ErrorAgainstExactIsWithinHalfAPercentOfFloats) {
 
 // Float FAVOR+ on the same rounded q, k, v and W computes the same estimator; what differs is
 // the rounding of the weighted key features, the query features and [S z]: three factors of
-// each term of num and den, so every output is within rounding_bound() max|v| (2 delta /
-// (1 - delta), delta = (1 + 2^-8)^3 - 1: 0.0238 max|v|), a little more for the order of the
-// projections' sums (projection_order_eps), plus float's own rounding (1e-5).
+// each term of num and den, and the exponentials of its two features (bf16::exp_row), so every
+// output is within rounding_bound() max|v| (2 delta / (1 - delta), delta about
+// (1 + 2^-8)^3 - 1: 0.0239 max|v|), a little more for the order of the projections' sums
+// (projection_order_eps), plus float's own rounding (1e-5).
 TEST_P(FavorBf16, StaysWithinTheRoundingBoundOfFloatFavor) {
   SKIP_UNLESS_AVAILABLE(GetParam());
   struct shape {
@@ -157,9 +158,10 @@ TEST_P(FavorBf16, StaysWithinTheRoundingBoundOfFloatFavor) {
 // (x.w - max) s by 2 s gamma, a feature by a factor within exp(+-2 s gamma), and a kernel value
 // phi(q).phi(k) by a factor within exp(+-e), e = 4 s gamma. (2) In the carried product, each
 // term of num and den has three factors rounded to bfloat16 (the query feature, the weighted
-// key feature, [S z]), as in StaysWithinTheRoundingBoundOfFloatFavor. So every term moves by
-// at most delta = exp(e) (1 + 2^-8)^3 - 1 of itself, and each output by 2 delta / (1 - delta)
-// max|v|, plus float's own rounding of the sums (1e-5 max|v| is far above it at these sizes).
+// key feature, [S z]), as in StaysWithinTheRoundingBoundOfFloatFavor, and two features from
+// bf16::exp_row. So every term moves by at most delta = exp(e) (1 + e_exp)^2 (1 + 2^-8)^3 - 1
+// of itself (tests/support/bf16.hpp), and each output by 2 delta / (1 - delta) max|v|, plus
+// float's own rounding of the sums (1e-5 max|v| is far above it at these sizes).
 TEST_P(FavorBf16, CausalStaysWithinTheRoundingBoundOfFloatCausalFavor) {
   SKIP_UNLESS_AVAILABLE(GetParam());
   struct shape {

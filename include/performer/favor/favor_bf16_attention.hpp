@@ -56,9 +56,10 @@ struct favor_bf16_options {
  * the state rounded once per call, causal, once per chunk); every sum, the normaliser z and the
  * stabiliser stay in float.
  *
- * The features of a row are exact FAVOR+ features of the row as rounded (its norm is taken
- * from the rounded values too), so the estimator stays positive and unbiased for the rounded
- * inputs. den = phi(q) . z comes out of the same product as the numerator, so each output is a
+ * The features of a row are FAVOR+ features of the row as rounded (its norm is taken from the
+ * rounded values too), their exponentials to bfloat16's precision where the map offers it
+ * (bf16_feature_map: within 1.6e-5, bf16::exp_row), so the estimator stays positive and, to that
+ * precision, unbiased for the rounded inputs. den = phi(q) . z comes out of the same product as the numerator, so each output is a
  * convex combination of the rounded values up to the rounding of [S z]. The values are scaled
  * by a power of two into [1/2, 1) first (exact), so neither bfloat16's largest value nor its
  * missing subnormals cut them. Rounding adds a relative error of at most 2^-8 per operand, far
@@ -285,7 +286,8 @@ void favor_bf16_attention<FeatureMap, Sampler>::features_of(
   auto phi = lane.phi.topRows(rows);
   detail::bf16::project_rows(x.middleRows(r0, rows), w, lane.rows, lane.row_pairs, phi,
                              options_.backend);
-  feature_map().from_projection(lane.rows.topRows(rows), phi, lane.log_scale.head(rows));
+  detail::bf16::features_from_projection(feature_map(), lane.rows.topRows(rows), phi,
+                                         lane.log_scale.head(rows));
 }
 
 template <class FeatureMap, projection_sampler Sampler>

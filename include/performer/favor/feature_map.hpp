@@ -74,6 +74,21 @@ concept projected_feature_map =
       { f.from_projection(x, phi, log_scale) } -> std::same_as<void>;
     };
 
+/**
+ * @brief A projected_feature_map that can finish its features to bfloat16's precision:
+ * `f.from_projection_bf16(x, phi, log_scale)` leaves what from_projection leaves, each feature
+ * within a relative 1.6e-5 of it (positive_features: detail::bf16::exp_row_error), far below the
+ * 2^-9 of the rounding to bfloat16 that the products apply next. bf16_projection and favor_bf16_attention call it where a map has it (FAVOR+'s
+ * positive_features<float>), and from_projection elsewhere. O(N M) beyond the product.
+ */
+template <class F>
+concept bf16_feature_map =
+    projected_feature_map<F, float> &&
+    requires(const F& f, const const_matrix_ref<float>& x, matrix_ref<float> phi,
+             Eigen::Ref<vector<float>> log_scale) {
+      { f.from_projection_bf16(x, phi, log_scale) } -> std::same_as<void>;
+    };
+
 namespace detail {
 
 /// Shape checks shared by the feature maps: O(1).

@@ -36,6 +36,18 @@ inline void project_rows(const const_matrix_ref<float>& x, const packed_rhs& w_t
           /*accumulate=*/false);
 }
 
+/// Map's features from phi = x W^T: to bfloat16's precision where Map offers it
+/// (bf16_feature_map), else as from_projection gives them. O(N M).
+template <class Map>
+void features_from_projection(const Map& map, const const_matrix_ref<float>& x,
+                              matrix_ref<float> phi, Eigen::Ref<vector<float>> log_scale) {
+  if constexpr (bf16_feature_map<Map>) {
+    map.from_projection_bf16(x, phi, log_scale);
+  } else {
+    map.from_projection(x, phi, log_scale);
+  }
+}
+
 /// Packs W^T (d x m) from W (m x d), the right operand of project_rows. O(m d).
 inline void pack_transposed(const const_matrix_ref<float>& w, packed_rhs& w_t) {
   w_t.assign(w.cols(), w.rows(), [&](index_t i, index_t j) { return w(j, i); });
@@ -48,8 +60,10 @@ namespace performer {
 /**
  * @brief phi(x) = Map's features of x rounded to bfloat16, with the projection x W^T a bfloat16
  * product (W rounded too) summed in float: the O(N m d) part of FAVOR+ on AVX512-BF16 or AMX.
- * The features are exact features of the rounded inputs and W (the norm is taken from the
- * rounded row), so the estimator stays positive and unbiased for them.
+ * The features are Map's features of the rounded inputs and W (the norm is taken from the
+ * rounded row), finished by from_projection_bf16 where Map has it (bf16_feature_map: its
+ * exponentials within 1.6e-5 of float's), so the estimator stays positive and, to that
+ * precision, unbiased for them.
  *
  * It plugs into favor_attention<float> like any feature map; favor_bf16_attention runs its
  * causal path on it. Each thread keeps its rounded rows and its packed copy of W^T between
@@ -95,7 +109,7 @@ class bf16_projection {
     thread_local scratch s;
     s.pack(w);
     detail::bf16::project_rows(x, s.w_packed, s.rows, s.row_pairs, phi, backend_);
-    map_.from_projection(s.rows.topRows(x.rows()), phi, log_scale);
+    detail::bf16::features_from_projection(map_, s.rows.topRows(x.rows()), phi, log_scale);
   }
 
  private:

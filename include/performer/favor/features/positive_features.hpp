@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cmath>
+#include <concepts>
 
+#include "../../core/detail/bf16_exp.hpp"
 #include "../../core/types.hpp"
 #include "../feature_map.hpp"
 
@@ -42,6 +44,22 @@ struct positive_features {
     }
   }
 
+  /// from_projection for the bfloat16 path, whose products round phi to 8 significant bits:
+  /// the exponentials are bf16::exp_row's (relative error below 1.6e-5, against bfloat16's
+  /// 2^-9), with about half the instructions of Eigen's. Float only. O(N m).
+  void from_projection_bf16(const const_matrix_ref<T>& x, matrix_ref<T> phi,
+                            Eigen::Ref<vector<T>> log_scale) const
+    requires std::same_as<T, float>
+  {
+    const T scale = detail::softmax_input_scale<T>(x.cols());
+    const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(phi.cols()));
+    for (index_t i = 0; i < x.rows(); ++i) {
+      const T top = phi.row(i).maxCoeff();
+      detail::bf16::exp_row(&phi(i, 0), phi.cols(), top, scale, inv_sqrt_m);
+      log_scale(i) = top * scale - (x.row(i) * scale).squaredNorm() / T(2);
+    }
+  }
+
   /// dx = s (dphi .* phi) W - s^2 dlog_scale x, s = d^(-1/4) (feature_map.hpp's contract).
   void backward(const const_matrix_ref<T>& w, const const_matrix_ref<T>& x,
                 const const_matrix_ref<T>& phi, const const_vector_ref<T>& log_scale,
@@ -57,5 +75,6 @@ struct positive_features {
 static_assert(differentiable_feature_map<positive_features<float>, float>);
 static_assert(differentiable_feature_map<positive_features<double>, double>);
 static_assert(projected_feature_map<positive_features<float>, float>);
+static_assert(bf16_feature_map<positive_features<float>>);
 
 }  // namespace performer
