@@ -31,7 +31,7 @@ TEST(Bf16Exp, StaysWithinItsBoundOfTheExactExponential) {
         for (int i = 0; i < 4096; ++i) row.push_back(std::nextafter(top, -1e30f) - i * 1e-4f);
         std::vector<float> got = row;
         exp_row(got.data(), static_cast<index_t>(got.size()), top, scale, factor);
-        double worst = 0.0;
+        double worst_near_zero = 0.0;
         for (std::size_t j = 0; j < row.size(); ++j) {
           const double x = (static_cast<double>(row[j]) - top) * scale;
           if (x < -86.6) continue;  // the float row value fell past the end of the range
@@ -39,10 +39,11 @@ TEST(Bf16Exp, StaysWithinItsBoundOfTheExactExponential) {
           const double error = std::abs(got[j] - want);
           EXPECT_LE(error, exp_row_error(x) * want + half_subnormal)
               << "x = " << x << " scale " << scale << " top " << top << " factor " << factor;
-          worst = std::max(worst, error / want);
+          if (x > -1.0) worst_near_zero = std::max(worst_near_zero, error / want);
         }
-        // The bound is not loose by orders of magnitude: the polynomial's error shows.
-        EXPECT_GT(worst, 1e-6);
+        // Near 0 the argument's roundings stay below 7e-7, so what shows there is the
+        // polynomial's own error (up to 2.83e-6, at f = +-1/2): the bound is not idle.
+        EXPECT_GT(worst_near_zero, 1.5e-6);
       }
     }
   }
@@ -56,8 +57,10 @@ TEST(Bf16Exp, GivesTheFactorAtTheMaximumAndZeroBelowItsRange) {
   EXPECT_EQ(row[1], 0.0f);
   EXPECT_EQ(row[2], 0.0f);
   EXPECT_EQ(row[3], 0.0f);
-  // Just inside the range: still a faithful exp, not the clamp's 2^-125.
-  EXPECT_NEAR(row[4] / (0.0625 * std::exp(-86.0)), 1.0, exp_row_error(-86.0));
+  // Just inside the range: still a faithful exp, not the clamp's 2^-125 (a subnormal here, so
+  // within half of float's smallest one too).
+  const double want = 0.0625 * std::exp(-86.0);
+  EXPECT_LE(std::abs(row[4] - want), exp_row_error(-86.0) * want + std::ldexp(1.0, -150));
 }
 
 // A NaN exponent (a projection that overflowed) must stay NaN, for the attention's finiteness

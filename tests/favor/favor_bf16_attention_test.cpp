@@ -118,9 +118,10 @@ TEST_P(FavorBf16, ErrorAgainstExactIsWithinHalfAPercentOfFloats) {
 // Float FAVOR+ on the same rounded q, k, v and W computes the same estimator; what differs is
 // the rounding of the weighted key features, the query features and [S z]: three factors of
 // each term of num and den, and the exponentials of its two features (bf16::exp_row), so every
-// output is within rounding_bound() max|v| (2 delta / (1 - delta), delta about
-// (1 + 2^-8)^3 - 1: 0.0239 max|v|), a little more for the order of the projections' sums
-// (projection_order_eps), plus float's own rounding (1e-5).
+// output is within rounding_bound() max|v| (2 delta / (1 - delta),
+// delta = (1 + e_exp)^2 (1 + 2^-8)^3 - 1: 0.0239 max|v|, tests/support/bf16.hpp), a little more
+// for the order of the projections' sums (projection_order_eps), plus float's own rounding
+// (1e-5).
 TEST_P(FavorBf16, StaysWithinTheRoundingBoundOfFloatFavor) {
   SKIP_UNLESS_AVAILABLE(GetParam());
   struct shape {

@@ -24,13 +24,14 @@ inline constexpr double unit_roundoff = 0x1p-8;
 
 /// How far, relative to max|v|, bfloat16 FAVOR+ may be from float FAVOR+ on the same rounded
 /// inputs (docs/algorithms.md §10.1, §10.2, §10.3): each term of num and den has three factors
-/// rounded and two features from bf16::exp_row (each within exp_row_error of float's at the
-/// range's end, -125 ln 2), and a kernel value may move by a factor within exp(+-eps) from the
-/// order of the projection's sums, so a term moves by at most
-/// delta = exp(eps) (1 + e_exp)^2 (1 + u_b)^3 - 1, and num / den by at most
-/// 2 delta / (1 - delta): about 0.0239 for eps = 0.
+/// rounded and two features from bf16::exp_row, each within e_exp of float's (exp_row_error and
+/// float's own |x| 2^-23 plus an ulp, at the range's end x = -125 ln 2: 3e-5), and a kernel
+/// value may move by a factor within exp(+-eps) from the order of the projection's sums, so a
+/// term moves by at most delta = exp(eps) (1 + e_exp)^2 (1 + u_b)^3 - 1, and num / den by at
+/// most 2 delta / (1 - delta): about 0.0239 for eps = 0.
 inline double rounding_bound(double eps = 0.0) {
-  const double e_exp = detail::bf16::exp_row_error(-125.0 * std::log(2.0));
+  const double x_end = -125.0 * std::log(2.0);
+  const double e_exp = detail::bf16::exp_row_error(x_end) + (-x_end + 1.0) * 0x1p-23;
   const double delta =
       std::exp(eps) * std::pow(1.0 + e_exp, 2) * std::pow(1.0 + unit_roundoff, 3) - 1.0;
   return 2.0 * delta / (1.0 - delta);

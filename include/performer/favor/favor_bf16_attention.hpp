@@ -58,13 +58,13 @@ struct favor_bf16_options {
  *
  * The features of a row are FAVOR+ features of the row as rounded (its norm is taken from the
  * rounded values too), their exponentials to bfloat16's precision where the map offers it
- * (bf16_feature_map: within 1.6e-5, bf16::exp_row), so the estimator stays positive and, to that
- * precision, unbiased for the rounded inputs. den = phi(q) . z comes out of the same product as the numerator, so each output is a
- * convex combination of the rounded values up to the rounding of [S z]. The values are scaled
- * by a power of two into [1/2, 1) first (exact), so neither bfloat16's largest value nor its
- * missing subnormals cut them. Rounding adds a relative error of at most 2^-8 per operand, far
- * below the random features' error at m = 256 (tests/favor/favor_bf16_attention_test.cpp,
- * docs/algorithms.md §10).
+ * (bf16_feature_map: within 1.9e-5, bf16::exp_row), so the estimator stays positive and, to
+ * that precision, unbiased for the rounded inputs. den = phi(q) . z comes out of the same
+ * product as the numerator, so each output is a convex combination of the rounded values up to
+ * the rounding of [S z]. The values are scaled by a power of two into [1/2, 1) first (exact),
+ * so neither bfloat16's largest value nor its missing subnormals cut them. Rounding adds a
+ * relative error of at most 2^-8 per operand, far below the random features' error at m = 256
+ * (tests/favor/favor_bf16_attention_test.cpp, docs/algorithms.md §10).
  *
  * Causal: favor_attention<float>'s causal pass (chunks, carried state, waves) on features from
  * bf16_projection, with the fold of each chunk's keys, the carried product phi(Q_c) [S z] and

@@ -76,10 +76,13 @@ concept projected_feature_map =
 
 /**
  * @brief A projected_feature_map that can finish its features to bfloat16's precision:
- * `f.from_projection_bf16(x, phi, log_scale)` leaves what from_projection leaves, each feature
- * within a relative 1.6e-5 of it (positive_features: detail::bf16::exp_row_error), far below the
- * 2^-9 of the rounding to bfloat16 that the products apply next. bf16_projection and favor_bf16_attention call it where a map has it (FAVOR+'s
- * positive_features<float>), and from_projection elsewhere. O(N M) beyond the product.
+ * `f.from_projection_bf16(x, phi, log_scale)` leaves what from_projection leaves, but for its
+ * exponentials: each feature within a relative error of the exact value far below the 2^-9 of
+ * the rounding to bfloat16 that the products apply next (positive_features:
+ * detail::bf16::exp_row_error, 1.9e-5 at worst), and 0 where that value lies below 2^-125 of
+ * the row's largest, which the products flush anyway. bf16_projection and favor_bf16_attention
+ * call it where a map has it (FAVOR+'s positive_features<float>), and from_projection
+ * elsewhere. O(N M) beyond the product.
  */
 template <class F>
 concept bf16_feature_map =

@@ -62,7 +62,7 @@ namespace performer {
  * product (W rounded too) summed in float: the O(N m d) part of FAVOR+ on AVX512-BF16 or AMX.
  * The features are Map's features of the rounded inputs and W (the norm is taken from the
  * rounded row), finished by from_projection_bf16 where Map has it (bf16_feature_map: its
- * exponentials within 1.6e-5 of float's), so the estimator stays positive and, to that
+ * exponentials within 1.9e-5 of exact ones), so the estimator stays positive and, to that
  * precision, unbiased for them.
  *
  * It plugs into favor_attention<float> like any feature map; favor_bf16_attention runs its

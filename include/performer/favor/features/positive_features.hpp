@@ -45,8 +45,9 @@ struct positive_features {
   }
 
   /// from_projection for the bfloat16 path, whose products round phi to 8 significant bits:
-  /// the exponentials are bf16::exp_row's (relative error below 1.6e-5, against bfloat16's
-  /// 2^-9), with about half the instructions of Eigen's. Float only. O(N m).
+  /// the exponentials are bf16::exp_row's (relative error below 1.9e-5, against bfloat16's
+  /// 2^-9; 0 below 2^-125 of the row's largest), with about 60% of the instructions of Eigen's.
+  /// Float only. O(N m).
   void from_projection_bf16(const const_matrix_ref<T>& x, matrix_ref<T> phi,
                             Eigen::Ref<vector<T>> log_scale) const
     requires std::same_as<T, float>
@@ -55,7 +56,7 @@ struct positive_features {
     const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(phi.cols()));
     for (index_t i = 0; i < x.rows(); ++i) {
       const T top = phi.row(i).maxCoeff();
-      detail::bf16::exp_row(&phi(i, 0), phi.cols(), top, scale, inv_sqrt_m);
+      detail::bf16::exp_row(phi.row(i).data(), phi.cols(), top, scale, inv_sqrt_m);
       log_scale(i) = top * scale - (x.row(i) * scale).squaredNorm() / T(2);
     }
   }
