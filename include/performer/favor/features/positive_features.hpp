@@ -35,13 +35,9 @@ struct positive_features {
   /// path (favor_bf16_attention) computes that product itself. O(N m) exponentials.
   void from_projection(const const_matrix_ref<T>& x, matrix_ref<T> phi,
                        Eigen::Ref<vector<T>> log_scale) const {
-    const T scale = detail::softmax_input_scale<T>(x.cols());
-    const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(phi.cols()));
-    for (index_t i = 0; i < x.rows(); ++i) {
-      const T top = phi.row(i).maxCoeff();
-      phi.row(i) = ((phi.row(i).array() - top) * scale).exp() * inv_sqrt_m;
-      log_scale(i) = top * scale - (x.row(i) * scale).squaredNorm() / T(2);
-    }
+    finish(x, phi, log_scale, [](auto row, T top, T scale, T factor) {
+      row = ((row.array() - top) * scale).exp() * factor;
+    });
   }
 
   /// from_projection for the bfloat16 path, whose products round phi to 8 significant bits:
@@ -52,13 +48,9 @@ struct positive_features {
                             Eigen::Ref<vector<T>> log_scale) const
     requires std::same_as<T, float>
   {
-    const T scale = detail::softmax_input_scale<T>(x.cols());
-    const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(phi.cols()));
-    for (index_t i = 0; i < x.rows(); ++i) {
-      const T top = phi.row(i).maxCoeff();
-      detail::bf16::exp_row(phi.row(i).data(), phi.cols(), top, scale, inv_sqrt_m);
-      log_scale(i) = top * scale - (x.row(i) * scale).squaredNorm() / T(2);
-    }
+    finish(x, phi, log_scale, [](auto row, T top, T scale, T factor) {
+      detail::bf16::exp_row(row.data(), row.size(), top, scale, factor);
+    });
   }
 
   /// dx = s (dphi .* phi) W - s^2 dlog_scale x, s = d^(-1/4) (feature_map.hpp's contract).
@@ -70,6 +62,22 @@ struct positive_features {
                                            phi, log_scale, dphi, dlog_scale, dx);
     detail::exponential_features_backward<T>(detail::softmax_input_scale<T>(x.cols()), w, x,
                                              phi, dphi, dlog_scale, dx);
+  }
+
+ private:
+  /// What both from_projections share: each row's largest exponent goes to log_scale, with the
+  /// norm term; `exponentials(row, top, s, 1/sqrt(m))` sets the row to exp((row - top) s) /
+  /// sqrt(m), s = d^(-1/4).
+  template <class Exponentials>
+  static void finish(const const_matrix_ref<T>& x, matrix_ref<T> phi,
+                     Eigen::Ref<vector<T>> log_scale, Exponentials exponentials) {
+    const T scale = detail::softmax_input_scale<T>(x.cols());
+    const T inv_sqrt_m = T(1) / std::sqrt(static_cast<T>(phi.cols()));
+    for (index_t i = 0; i < x.rows(); ++i) {
+      const T top = phi.row(i).maxCoeff();
+      exponentials(phi.row(i), top, scale, inv_sqrt_m);
+      log_scale(i) = top * scale - (x.row(i) * scale).squaredNorm() / T(2);
+    }
   }
 };
 
