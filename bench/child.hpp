@@ -149,11 +149,12 @@ std::pair<double, double> square_gemm_gflops(index_t size, Clock cpu_seconds, in
   return square_product_gflops(size, [&] { c.noalias() = a * b; }, cpu_seconds, runs);
 }
 
-/// The same for C = A B with bfloat16 A and B and float sums, on the backend favor_bf16 runs
-/// (bf16_backend::automatic), A's rows split over the threads in panels of 96 (as favor_bf16
-/// splits its blocks). A is packed and B laid out once, outside the timing.
+/// The same for C = A B with bfloat16 A and B and float sums on `backend`, A's rows split over
+/// the threads in panels of 96 (as favor_bf16 splits its blocks). A is packed and B laid out
+/// once, outside the timing.
 template <class Clock>
-std::pair<double, double> square_bf16_gflops(index_t size, Clock cpu_seconds, int runs = 5) {
+std::pair<double, double> square_bf16_gflops(index_t size, bf16_backend backend,
+                                             Clock cpu_seconds, int runs = 5) {
   namespace bf = detail::bf16;
   const row_matrix<T> a = conformance::random_matrix<T>(size, size, 11);
   const row_matrix<T> b = conformance::random_matrix<T>(size, size, 12);
@@ -163,7 +164,6 @@ std::pair<double, double> square_bf16_gflops(index_t size, Clock cpu_seconds, in
   bf::packed_rhs b_pairs;
   b_pairs.assign(size, size, [&](index_t k, index_t j) { return b(k, j); });
   row_matrix<T> c(size, size);
-  const bf16_backend backend = bf16_resolve(bf16_backend::automatic);
   constexpr index_t panel = 96;
   const auto product = [&] {
     detail::parallel_for((size + panel - 1) / panel, [&](index_t p, index_t /*lane*/) {
@@ -199,14 +199,16 @@ void print_peak(const std::string& prefix, Measure&& measure) {
 
 /// Child: square GEMMs at each peak size on this thread count; the peak is the best median, in
 /// wall time and in CPU time. Then, where the CPU has bfloat16 instructions, the same with
-/// bfloat16 products (bf16_peak_*): the portable backend's rate is no machine peak.
+/// bfloat16 products on the backend favor_bf16 runs (bf16_backend::automatic; bf16_peak_*):
+/// the portable backend's rate is no machine peak.
 inline int run_peak_child(int threads) {
   set_threads(threads);
   std::cout << std::setprecision(9);
   print_peak("", [](index_t size) { return square_gemm_gflops(size, cpu_seconds); });
   const bf16_backend backend = bf16_resolve(bf16_backend::automatic);
   if (backend != bf16_backend::portable) {
-    print_peak("bf16_", [](index_t size) { return square_bf16_gflops(size, cpu_seconds); });
+    print_peak("bf16_",
+               [&](index_t size) { return square_bf16_gflops(size, backend, cpu_seconds); });
     std::cout << " bf16_backend=" << static_cast<int>(backend);
   }
   std::cout << "\n";
