@@ -13,6 +13,7 @@
 
 #include "../bfloat16.hpp"
 #include "../types.hpp"
+#include "transpose.hpp"
 
 namespace performer::detail::bf16 {
 
@@ -124,39 +125,6 @@ PERFORMER_BF16_PACK_TARGET inline void pack_two_rows_avx512(const float* a, floa
   }
 }
 
-/// to[i * width + p] = from[i + p * step] for i, p < 16: a 16 x 16 block of a pair-major
-/// operand into the tile panel, 16 loads along the rows, a transpose in registers (unpacks of
-/// 32 and 64 bits, then of 128-bit lanes twice) and 16 stores along the pairs. The maskz forms
-/// with every lane: the plain ones start from _mm512_undefined (GCC 12: maybe-uninitialised).
-PERFORMER_BF16_PACK_TARGET inline void transpose_block(const pair* from, index_t step, pair* to,
-                                                       index_t width) {
-  constexpr __mmask8 all64 = 0xFF;
-  __m512i r[16], t[16];
-  for (index_t p = 0; p < 16; ++p) r[p] = _mm512_loadu_si512(from + p * step);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_maskz_unpacklo_epi32(all, r[i], r[i + 1]);
-    t[i + 1] = _mm512_maskz_unpackhi_epi32(all, r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_maskz_unpacklo_epi64(all64, t[i], t[i + 2]);
-    r[i + 1] = _mm512_maskz_unpackhi_epi64(all64, t[i], t[i + 2]);
-    r[i + 2] = _mm512_maskz_unpacklo_epi64(all64, t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_maskz_unpackhi_epi64(all64, t[i + 1], t[i + 3]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_maskz_shuffle_i32x4(all, r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_maskz_shuffle_i32x4(all, r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_maskz_shuffle_i32x4(all, r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_maskz_shuffle_i32x4(all, r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_maskz_shuffle_i32x4(all, t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_maskz_shuffle_i32x4(all, t[i], t[i + 8], 0xDD);
-    r[i + 4] = _mm512_maskz_shuffle_i32x4(all, t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_maskz_shuffle_i32x4(all, t[i + 4], t[i + 12], 0xDD);
-  }
-  for (index_t i = 0; i < 16; ++i) _mm512_storeu_si512(to + i * width, r[i]);
-}
 #undef PERFORMER_BF16_PACK_TARGET
 #endif
 
@@ -194,32 +162,12 @@ inline void pack_two_rows(const float* a, float wa, const float* b, float wb, in
   pack_two_rows_portable(a, wa, b, wb, n, out, sum);
 }
 
-/// to[i * width + p] = from[i + p * step] for i < rows, p < cols: a pair-major operand (rows
-/// contiguous, pairs `step` apart) laid out with each row's pairs contiguous, as an AMX panel or a
-/// packed_rhs of transposed rows needs. With `blocks` (by default, where the CPU has
-/// AVX512-BF16), in 16 x 16 blocks transposed in registers and only the edges one by one: element
-/// by element, the copy took 29% of the AMX product's time in a causal pass. O(rows cols).
+/// transpose_32 for pairs: a pair-major operand (rows contiguous, pairs `step` apart) laid out
+/// with each row's pairs contiguous, as an AMX panel or a packed_rhs of transposed rows needs.
+/// By default in 16 x 16 blocks where the CPU has AVX512-BF16. O(rows cols).
 inline void transpose_pairs(const pair* from, index_t step, index_t rows, index_t cols, pair* to,
                             index_t width, bool blocks = packs_with_avx512()) noexcept {
-  index_t block_rows = 0, block_cols = 0;
-#ifdef PERFORMER_BF16_PACK_X86
-  if (blocks) {
-    block_rows = rows / 16 * 16;
-    block_cols = cols / 16 * 16;
-    for (index_t i0 = 0; i0 < block_rows; i0 += 16) {
-      for (index_t p0 = 0; p0 < block_cols; p0 += 16) {
-        transpose_block(from + i0 + p0 * step, step, to + i0 * width + p0, width);
-      }
-    }
-  }
-#else
-  (void)blocks;
-#endif
-  for (index_t p = 0; p < cols; ++p) {
-    for (index_t i = p < block_cols ? block_rows : 0; i < rows; ++i) {
-      to[i * width + p] = from[i + p * step];
-    }
-  }
+  transpose_32(from, step, rows, cols, to, width, blocks);
 }
 
 }  // namespace performer::detail::bf16

@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <new>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -20,31 +19,12 @@
 
 #include "../bfloat16.hpp"
 #include "../types.hpp"
+#include "aligned_buffer.hpp"
 #include "bf16_pack.hpp"
 
 namespace performer::detail::bf16 {
 
-/// Allocates on 64-byte boundaries: an AMX tile row or an AVX-512 load that straddles two cache
-/// lines costs two (measured on bench_bf16's output product: 1.53 ms or 2.48 ms for the same
-/// kernel, as malloc happened to align the buffers).
-template <class T>
-struct cache_line_allocator {
-  using value_type = T;
-  static constexpr std::align_val_t alignment{64};
-  cache_line_allocator() = default;
-  template <class U>
-  constexpr cache_line_allocator(const cache_line_allocator<U>& /*other*/) noexcept {}
-  [[nodiscard]] T* allocate(std::size_t n) {
-    return static_cast<T*>(::operator new(n * sizeof(T), alignment));
-  }
-  void deallocate(T* p, std::size_t /*n*/) noexcept { ::operator delete(p, alignment); }
-  friend constexpr bool operator==(cache_line_allocator, cache_line_allocator) noexcept {
-    return true;
-  }
-};
-
-template <class T>
-using aligned_buffer = std::vector<T, cache_line_allocator<T>>;
+using detail::aligned_buffer;
 
 /// The right operand, K x n, packed as ceil(K / 2) rows of pairs, each row padded to a multiple
 /// of 16 columns with zeros (one AVX-512 register of float sums), and zero rows up to a multiple
