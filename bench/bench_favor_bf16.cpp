@@ -1,4 +1,5 @@
-// FAVOR+ bidirectional and causal in float (favor_attention<float>) against bfloat16
+// FAVOR+ bidirectional and causal in float (favor_attention<float>, on performer's own kernels
+// and on Eigen's products) against bfloat16
 // (favor_bf16_attention: causal, all but the chunks' own products in bfloat16) on each backend this
 // CPU runs (the others reported as skipped, with the reason), one head, d = d_v = 64, m = 256, N =
 // 16,384 and 1,048,576, the harness's inputs (bench/workloads.hpp: q and k uniform in [-0.5, 0.5],
@@ -22,6 +23,7 @@
 namespace {
 
 using performer::bf16_backend;
+using performer::favor_products;
 using performer::index_t;
 namespace bench = performer::bench;
 
@@ -44,8 +46,13 @@ void favor_pass(benchmark::State& state, A attention, bool causal) {
       benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void float_favor(benchmark::State& state, bool causal) {
-  favor_pass(state, performer::favor_attention<float>(width, features, /*seed=*/1), causal);
+// `automatic` runs performer's own float kernels where the CPU has AVX-512F, `eigen` Eigen's
+// products (favor_options::products); the label says which ran.
+void float_favor(benchmark::State& state, bool causal, performer::favor_products products) {
+  const performer::favor_attention<float> attention(width, features, /*seed=*/1, {}, {},
+                                                    {.products = products});
+  state.SetLabel(attention.own_products() ? "own kernels" : "eigen");
+  favor_pass(state, attention, causal);
 }
 
 void bf16_favor(benchmark::State& state, bf16_backend backend, bool causal) {
@@ -65,11 +72,13 @@ void lengths(benchmark::internal::Benchmark* b) {
   b->Arg(16384)->Arg(1 << 20)->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
-BENCHMARK_CAPTURE(float_favor, bidirectional, false)->Apply(lengths);
+BENCHMARK_CAPTURE(float_favor, bidirectional, false, favor_products::automatic)->Apply(lengths);
+BENCHMARK_CAPTURE(float_favor, eigen, false, favor_products::eigen)->Apply(lengths);
 BENCHMARK_CAPTURE(bf16_favor, amx, bf16_backend::amx, false)->Apply(lengths);
 BENCHMARK_CAPTURE(bf16_favor, avx512_bf16, bf16_backend::avx512_bf16, false)->Apply(lengths);
 BENCHMARK_CAPTURE(bf16_favor, portable, bf16_backend::portable, false)->Apply(lengths);
-BENCHMARK_CAPTURE(float_favor, causal, true)->Apply(lengths);
+BENCHMARK_CAPTURE(float_favor, causal, true, favor_products::automatic)->Apply(lengths);
+BENCHMARK_CAPTURE(float_favor, eigen_causal, true, favor_products::eigen)->Apply(lengths);
 BENCHMARK_CAPTURE(bf16_favor, amx_causal, bf16_backend::amx, true)->Apply(lengths);
 BENCHMARK_CAPTURE(bf16_favor, avx512_bf16_causal, bf16_backend::avx512_bf16, true)->Apply(lengths);
 BENCHMARK_CAPTURE(bf16_favor, portable_causal, bf16_backend::portable, true)->Apply(lengths);

@@ -16,6 +16,7 @@
 
 #include "../core/attention_mask.hpp"
 #include "../core/concepts.hpp"
+#include "../core/detail/fp32_product.hpp"
 #include "../core/detail/online_softmax.hpp"
 #include "../core/detail/parallel.hpp"
 #include "../core/error.hpp"
@@ -95,6 +96,8 @@ class favor_attention {
     row_matrix<T> phi_q, phi_k;  ///< phi_q: bidirectional only (a causal wave keeps its own)
     vector<T> log_q, log_k;
     row_matrix<Acc> num, scores, cast_q, cast_k, cast_v;
+    row_matrix<Acc> num_den;  ///< bidirectional with own_products(): [num den], B x (d_v + 1)
+    row_matrix<T> phi_k_t;    ///< causal with own_products(): the block's key features, M x B
     vector<Acc> den, weights;
     state_type merged;  ///< causal: the state a chunk's queries are multiplied by
   };
@@ -104,6 +107,7 @@ class favor_attention {
     std::vector<lane_type> lanes;
     std::vector<state_type> states;
     std::vector<detail::causal_block<T, Acc>> blocks;  ///< one per block of a causal wave
+    row_matrix<Acc> state;  ///< bidirectional with own_products(): [S z], M x (d_v + 1)
   };
 
   /**
@@ -128,6 +132,9 @@ class favor_attention {
         options.segments, "), min_segment (", options.min_segment, "), backward_chunk (",
         options.backward_chunk, ") and parallel_block_work (", options.parallel_block_work,
         ") must be positive, wave_blocks (", options.wave_blocks, ") at least 0");
+    own_products_ = std::is_same_v<T, float> && std::is_same_v<Acc, float> &&
+                    options.products == favor_products::automatic &&
+                    detail::fp32::avx512_available();
   }
 
   [[nodiscard]] const projection_type& projection() const noexcept { return projection_; }
@@ -136,6 +143,9 @@ class favor_attention {
   [[nodiscard]] const FeatureMap& feature_map() const noexcept { return map_; }
   [[nodiscard]] FeatureMap& feature_map() noexcept { return map_; }
   [[nodiscard]] const favor_options& options() const noexcept { return options_; }
+  /// Whether performer's own float kernels run the products (favor_options::products): float
+  /// sums, `automatic` and a CPU that runs AVX-512F.
+  [[nodiscard]] bool own_products() const noexcept { return own_products_; }
   /// M: columns of phi(x).
   [[nodiscard]] index_t feature_count() const {
     return map_.feature_count(projection_.features(), projection_.dim());
@@ -214,8 +224,19 @@ class favor_attention {
   /// log scale -inf.
   void features_of(const FeatureMap& map, const const_matrix_ref<T>& x, index_t r0, index_t rows,
                    row_matrix<T>& phi, vector<T>& log_scale, const attention_mask* keys) const {
-    map.apply(projection_.matrix(), x.middleRows(r0, rows), phi.topRows(rows),
-              log_scale.head(rows));
+    const auto x_rows = x.middleRows(r0, rows);
+    if constexpr (projected_feature_map<FeatureMap, T> && std::is_same_v<T, float>) {
+      if (own_products_ && phi.cols() == projection_.features()) {
+        const row_matrix<T>& w_t = projection_.transposed();
+        detail::fp32::product({x_rows.data(), rows, x_rows.outerStride(), 1},
+                              {w_t.data(), w_t.rows(), w_t.cols(), w_t.cols()}, phi.data(),
+                              phi.cols(), /*accumulate=*/false);
+        map.from_projection(x_rows, phi.topRows(rows), log_scale.head(rows));
+        if (keys != nullptr) detail::drop_padded_keys(*keys, r0, log_scale.head(rows));
+        return;
+      }
+    }
+    map.apply(projection_.matrix(), x_rows, phi.topRows(rows), log_scale.head(rows));
     if (keys != nullptr) detail::drop_padded_keys(*keys, r0, log_scale.head(rows));
   }
 
@@ -233,6 +254,16 @@ class favor_attention {
     }
     const auto fold = [&](auto phi_w) {
       phi_w.array().colwise() *= weights.array();
+      if constexpr (std::is_same_v<Acc, float>) {
+        if (own_products_) {
+          // S += phi_w^T v: the features' transpose read in place (row_step 1).
+          detail::fp32::product({phi_w.data(), phi_w.cols(), 1, phi_w.outerStride()},
+                                {v.data(), v.rows(), v.cols(), v.outerStride()}, st.sum.data(),
+                                st.sum.cols());
+          st.norm.noalias() += phi_w.colwise().sum().transpose();
+          return;
+        }
+      }
       st.fold(phi_w, detail::as_accumulator<Acc>(v, lane.cast_v));
     };
     if constexpr (std::is_same_v<T, Acc>) {
@@ -270,6 +301,11 @@ class favor_attention {
     state_type& total = ws.states[0];
     for (index_t s = 1; s < segments.count; ++s) total.add(ws.states[s]);
     if (kept != nullptr) kept->assign(1, total);
+    if (own_products_) {
+      ws.state.resize(total.sum.rows(), total.sum.cols() + 1);
+      ws.state << total.sum, total.norm;
+      for (auto& lane : ws.lanes) lane.num_den.resize(options_.block, v.cols() + 1);
+    }
     const index_t seeing = detail::first_seeing_query(mask, q.rows(), k.rows());
 
     detail::parallel_for(query_blocks, [&](index_t b, index_t lane_index) {
@@ -278,6 +314,19 @@ class favor_attention {
       const index_t rows = std::min(options_.block, q.rows() - q0);
       features_of(map, q, q0, rows, lane.phi_q, lane.log_q, nullptr);
       const auto phi_q = lane.phi_q.topRows(rows);
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<Acc, float>) {
+        if (own_products_) {
+          // [num den] = phi(Q) [S z]: den from the same product as num.
+          auto num_den = lane.num_den.topRows(rows);
+          detail::fp32::product(
+              {phi_q.data(), rows, phi_q.cols(), 1},
+              {ws.state.data(), ws.state.rows(), ws.state.cols(), ws.state.cols()}, num_den.data(),
+              num_den.cols(), /*accumulate=*/false);
+          detail::normalise_rows(num_den.leftCols(v.cols()), num_den.col(v.cols()),
+                                 out.middleRows(q0, rows), q0, seeing);
+          return;
+        }
+      }
       const auto& phi = detail::as_accumulator<Acc>(phi_q, lane.cast_q);
       auto num = lane.num.topRows(rows);
       auto den = lane.den.head(rows);
@@ -290,6 +339,7 @@ class favor_attention {
   projection_type projection_;
   FeatureMap map_;
   favor_options options_;
+  bool own_products_ = false;
 };
 
 static_assert(attention_mechanism<favor_attention<float>>);

@@ -6,6 +6,17 @@
 
 namespace performer {
 
+/// Which code runs favor_attention's O(N m d) and O(N M d_v) products when its scalar and its
+/// sums are float (docs/algorithms.md §11). Either way the bits are the same on any thread
+/// count; they differ between the two.
+enum class favor_products {
+  /// performer's AVX-512 kernels (projection, key state, output) where the CPU runs AVX-512F,
+  /// else Eigen's. The kernels read the operands where they lie; Eigen copies them into panels.
+  automatic,
+  /// Eigen's products everywhere (and always for double).
+  eigen,
+};
+
 /**
  * @brief Blocking and parallel layout of favor_attention. None of these changes the
  * estimator, only the order of floating-point sums (and so the last bits of the result).
@@ -44,6 +55,8 @@ struct favor_options {
   /// of work costs more than it saves, and far more on busy cores (a tiny model's causal tests
   /// ran 1,000 times slower on two oversubscribed threads). The bits are the same either way.
   index_t parallel_block_work = index_t{1} << 20;
+  /// Whose products run a float call (favor_products).
+  favor_products products = favor_products::automatic;
 };
 
 }  // namespace performer

@@ -23,7 +23,8 @@ namespace performer {
  * @brief The current m x d projection of a random-feature mechanism: drawn from a seed by a
  * sampler, redrawn on request (or every k calls of on_call()), or set by the user.
  *
- * Memory O(m d); a draw costs the sampler's time (O(m d^2) for orthogonal features).
+ * Memory O(m d) (W and its transpose); a draw costs the sampler's time (O(m d^2) for
+ * orthogonal features).
  * @tparam T scalar of the stored matrix (the draw is made in double, then converted).
  */
 template <real_scalar T, projection_sampler Sampler = orthogonal_sampler>
@@ -43,6 +44,9 @@ class random_projection {
   }
 
   [[nodiscard]] const row_matrix<T>& matrix() const noexcept { return w_; }
+  /// W^T (d x m, row-major): the right operand of x W^T as performer's float kernels read it
+  /// (core/detail/fp32_product.hpp), kept beside W so that no call transposes it.
+  [[nodiscard]] const row_matrix<T>& transposed() const noexcept { return w_t_; }
   [[nodiscard]] index_t features() const noexcept { return m_; }
   [[nodiscard]] index_t dim() const noexcept { return d_; }
   /// Seed of the current draw (meaningless after set_matrix).
@@ -91,16 +95,20 @@ class random_projection {
     PERFORMER_PRECONDITION(all_finite(rounded), "random_projection::set_matrix: w (", w.rows(),
                            "x", w.cols(), ") has entries beyond the range of the scalar type");
     w_ = std::move(rounded);
+    w_t_ = w_.transpose();
   }
 
  private:
-  void draw() { w_ = sampler_.sample(m_, d_, seed_).template cast<T>(); }
+  void draw() {
+    w_ = sampler_.sample(m_, d_, seed_).template cast<T>();
+    w_t_ = w_.transpose();
+  }
 
   index_t m_;
   index_t d_;
   std::uint64_t seed_;
   Sampler sampler_;
-  row_matrix<T> w_;
+  row_matrix<T> w_, w_t_;
   std::uint64_t interval_ = 0;
   std::uint64_t calls_ = 0;
 };

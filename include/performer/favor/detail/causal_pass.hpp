@@ -12,8 +12,10 @@
 #include <vector>
 
 #include "../../core/attention_mask.hpp"
+#include "../../core/detail/fp32_product.hpp"
 #include "../../core/detail/online_softmax.hpp"
 #include "../../core/detail/parallel.hpp"
+#include "../../core/detail/transpose.hpp"
 #include "../../core/types.hpp"
 #include "../../core/validate.hpp"
 #include "../favor_options.hpp"
@@ -85,6 +87,17 @@ struct causal_pass {
   index_t stride = 1;
   Products products = {};
   static constexpr bool uses_own_products = std::is_same_v<Products, own_products>;
+  /// Whether Attention's own products can be performer's float kernels, and whether they are
+  /// (favor_options::products).
+  static constexpr bool float_sums =
+      uses_own_products && std::is_same_v<T, float> && std::is_same_v<Acc, float>;
+  [[nodiscard]] bool fp32_kernels() const {
+    if constexpr (float_sums) {
+      return a.own_products();
+    } else {
+      return false;
+    }
+  }
   // Other products (bfloat16) work on float sums and keep their states in units of their own
   // (scaled values): nothing may read those states back, as the backward pass does.
   static_assert(uses_own_products || std::is_same_v<Acc, float>);
@@ -209,19 +222,31 @@ struct causal_pass {
     const index_t rows = rows_of(b);
     a.features_of(map, q, b0, rows, blk.phi_q, lane.log_q, nullptr);
     a.features_of(map, k, b0, rows, lane.phi_k, lane.log_k, &mask);
+    // The chunks' scores read the keys' features as the right operand, M x keys, before the
+    // fold weights them in place.
+    if constexpr (float_sums) {
+      if (fp32_kernels()) transpose_keys(rows, lane);
+    }
     blk.states[0].reset(a.feature_count(), v.cols());
+  }
+
+  /// The block's key features transposed once, M x B, the right operand of its chunks' scores.
+  void transpose_keys(index_t rows, lane_type& lane) const {
+    if constexpr (float_sums) {
+      const index_t m = lane.phi_k.cols();
+      if (lane.phi_k_t.rows() != m || lane.phi_k_t.cols() != block()) {
+        lane.phi_k_t.resize(m, block());
+      }
+      transpose_32(lane.phi_k.data(), m, m, rows, lane.phi_k_t.data(), block());
+    }
   }
 
   /// Tokens [t0, t0 + rows), rows [r0, r0 + rows) of the block: each query's block-local shift
   /// and its sums over the chunk's keys j <= i (the masked C x C product).
   void chunk_sums(index_t t0, index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
     const auto phi_q_rows = blk.phi_q.middleRows(r0, rows);
-    const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
-    const auto v_chunk = v.middleRows(t0, rows);
-    const auto& v_acc = as_accumulator<Acc>(v_chunk, lane.cast_v);
     const auto log_k = lane.log_k.segment(r0, rows);
     auto shift = blk.local_max.segment(r0, rows);
-    auto weights = lane.weights.head(rows);
     auto scores = lane.scores.topLeftCorner(rows, rows);
 
     // The running maximum over the block's keys j <= i only: never a future key.
@@ -230,6 +255,13 @@ struct causal_pass {
       running = std::max(running, static_cast<Acc>(log_k(i)));
       shift(i) = running;
     }
+    if constexpr (float_sums) {
+      if (fp32_kernels()) {
+        fp32_chunk_sums(t0, r0, rows, blk, lane);
+        return;
+      }
+    }
+    const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
     if constexpr (uses_own_products) {
       const auto phi_k_rows = lane.phi_k.middleRows(r0, rows);
       const auto& phi_k = as_accumulator<Acc>(phi_k_rows, lane.cast_k);
@@ -237,9 +269,21 @@ struct causal_pass {
     } else {
       products.scores(phi_q_rows, lane.phi_k.middleRows(r0, rows), scores);
     }
-    // A_ij = phi(q_i).phi(k_j) exp(log_k_j - shift_i), j <= i. exp(log_k_j - shift_i) =
-    // exp(log_k_j - shift_j) when the maximum did not rise between j and i (the common case):
-    // one exponential per key instead of per pair.
+    weigh_scores(r0, rows, blk, lane);
+    const auto v_chunk = v.middleRows(t0, rows);
+    blk.num.middleRows(r0, rows).noalias() = scores * as_accumulator<Acc>(v_chunk, lane.cast_v);
+    blk.den.segment(r0, rows).noalias() = scores.rowwise().sum();
+  }
+
+  /// A_ij = phi(q_i).phi(k_j) exp(log_k_j - shift_i) for j <= i, 0 above the diagonal, in place
+  /// of the chunk's scores phi(q_i).phi(k_j). exp(log_k_j - shift_i) = exp(log_k_j - shift_j)
+  /// when the maximum did not rise between j and i (the common case): one exponential per key
+  /// instead of per pair.
+  void weigh_scores(index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
+    const auto log_k = lane.log_k.segment(r0, rows);
+    const auto shift = blk.local_max.segment(r0, rows);
+    auto weights = lane.weights.head(rows);
+    auto scores = lane.scores.topLeftCorner(rows, rows);
     for (index_t j = 0; j < rows; ++j) {
       weights(j) = shifted_exp(static_cast<Acc>(log_k(j)), shift(j));
     }
@@ -250,8 +294,34 @@ struct causal_pass {
       }
       scores.row(i).tail(rows - i - 1).setZero();
     }
-    blk.num.middleRows(r0, rows).noalias() = scores * v_acc;
-    blk.den.segment(r0, rows).noalias() = scores.rowwise().sum();
+  }
+
+  /// chunk_sums' products on performer's float kernels, which read every operand where it lies
+  /// (the keys' features from their transpose, made once per block in map_block) and skip what
+  /// lies above the diagonal: in bands of 16 queries, band [i0, i0 + 16) takes the keys
+  /// [0, i0 + 16) only, 3/4 of the C x C scores and of A V_c at C = 32 (docs/algorithms.md §11).
+  void fp32_chunk_sums(index_t t0, index_t r0, index_t rows, block_type& blk,
+                       lane_type& lane) const {
+    // For float sums only: an explicit instantiation of a double pass compiles every member.
+    if constexpr (float_sums) {
+      constexpr index_t band = 16;
+      const index_t m = blk.phi_q.cols();
+      auto scores = lane.scores.topLeftCorner(rows, rows);
+      for (index_t i0 = 0; i0 < rows; i0 += band) {
+        const index_t keys = std::min(i0 + band, rows);
+        fp32::product({&blk.phi_q(r0 + i0, 0), keys - i0, m, 1},
+                      {lane.phi_k_t.data() + r0, m, keys, lane.phi_k_t.cols()}, &scores(i0, 0),
+                      scores.outerStride(), /*accumulate=*/false);
+      }
+      weigh_scores(r0, rows, blk, lane);
+      for (index_t i0 = 0; i0 < rows; i0 += band) {
+        const index_t keys = std::min(i0 + band, rows);
+        fp32::product({&scores(i0, 0), keys - i0, scores.outerStride(), 1},
+                      {v.data() + t0 * v.outerStride(), keys, v.cols(), v.outerStride()},
+                      &blk.num(r0 + i0, 0), blk.num.cols(), /*accumulate=*/false);
+      }
+      blk.den.segment(r0, rows).noalias() = scores.rowwise().sum();
+    }
   }
 
   /// The chunk's keys join the block's state, at the chunk's last shift.
@@ -297,7 +367,18 @@ struct causal_pass {
     auto earlier_den = lane.den.head(rows);
     if constexpr (uses_own_products) {
       const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
-      earlier_num.noalias() = phi_q * carried.sum;
+      bool done = false;
+      if constexpr (float_sums) {
+        if (fp32_kernels()) {
+          // Reads the state where it lies; Eigen would copy it into panels for every chunk.
+          fp32::product(
+              {phi_q_rows.data(), rows, phi_q_rows.outerStride(), 1},
+              {carried.sum.data(), carried.sum.rows(), carried.sum.cols(), carried.sum.cols()},
+              earlier_num.data(), earlier_num.outerStride(), /*accumulate=*/false);
+          done = true;
+        }
+      }
+      if (!done) earlier_num.noalias() = phi_q * carried.sum;
       earlier_den.noalias() = phi_q * carried.norm;
     } else {
       products.carried(phi_q_rows, carried, earlier_num, earlier_den);
