@@ -171,14 +171,19 @@ auto ceiling_for(const tiled_softmax_attention<Scalar>& a, std::shared_ptr<const
 /// chunk of C rows phi(Q_c) phi(K_c)^T and its product with V_c. Causal blocks are independent
 /// here: the kernel's prefix over the blocks' states and its merges (M d_v additions per chunk),
 /// the normalisers (matrix-vector) and the feature maps' exps are the kernel's extra work.
-struct favor_products {
+/// With `own` (the kernel's own_products()), on performer's float kernels as the kernel runs
+/// them: on its operands' layouts (W^T, the keys' features transposed per block) and with the
+/// chunk's two products in bands of 16 queries that skip the blocks above the diagonal.
+struct favor_product_ceiling {
   std::shared_ptr<const head_buffers> b;
   row_matrix<T> w;       // m x d projection; empty when the map does not project
   index_t features = 0;  // M
   favor_options options;
   bool causal = false;
+  bool own = false;
+  row_matrix<T> w_t;  // own: W^T, d x m
   struct lane {
-    row_matrix<T> phi_q, phi_k, num, scores;
+    row_matrix<T> phi_q, phi_k, num, scores, phi_k_t;  // phi_k_t: own causal, M x B
   };
   std::vector<lane> lanes;
   std::vector<row_matrix<T>> states;
@@ -198,7 +203,7 @@ struct favor_products {
     const index_t c = std::min(options.block, options.chunk);
     for (auto& l : lanes) {
       l = {scratch(options.block, features), scratch(options.block, features),
-           scratch(options.block, b->v.cols()), scratch(c, c)};
+           scratch(options.block, b->v.cols()), scratch(c, c), scratch(features, options.block)};
     }
     states.assign(static_cast<std::size_t>(std::max(s, lane_count)),
                   scratch(features, b->v.cols()));
@@ -208,7 +213,13 @@ struct favor_products {
                row_matrix<T>& phi) {
     if (w.rows() == 0) return;
     p.product(rows, x.cols(), w.rows(), [&] {
-      phi.topRows(rows).leftCols(w.rows()).noalias() = x.middleRows(r0, rows) * w.transpose();
+      if (own) {
+        detail::fp32::product({&x(r0, 0), rows, x.cols(), 1},
+                              {w_t.data(), w_t.rows(), w_t.cols(), w_t.cols()}, phi.data(),
+                              phi.cols(), /*accumulate=*/false);
+      } else {
+        phi.topRows(rows).leftCols(w.rows()).noalias() = x.middleRows(r0, rows) * w.transpose();
+      }
     });
   }
 
@@ -217,15 +228,74 @@ struct favor_products {
     for (index_t k0 = begin; k0 < end; k0 += options.block) {
       const index_t rows = std::min(options.block, end - k0);
       project(p, b->k, k0, rows, l.phi_k);
-      p.product(features, rows, b->v.cols(), [&] {
-        st.noalias() += l.phi_k.topRows(rows).transpose() * b->v.middleRows(k0, rows);
+      fold(p, l.phi_k, 0, k0, rows, st);
+    }
+  }
+
+  /// st += phi.middleRows(r0, rows)^T V.middleRows(v0, rows).
+  void fold(product_walk& p, const row_matrix<T>& phi, index_t r0, index_t v0, index_t rows,
+            row_matrix<T>& st) const {
+    const row_matrix<T>& v = b->v;
+    p.product(features, rows, v.cols(), [&] {
+      if (own) {
+        detail::fp32::product({&phi(r0, 0), features, 1, phi.cols()},
+                              {&v(v0, 0), rows, v.cols(), v.cols()}, st.data(), st.cols());
+      } else {
+        st.noalias() += phi.middleRows(r0, rows).transpose() * v.middleRows(v0, rows);
+      }
+    });
+  }
+
+  /// out = phi.middleRows(r0, rows) st. Only the product reads st and the lanes: a count
+  /// walks before they are allocated.
+  void carried(product_walk& p, const row_matrix<T>& phi, index_t r0, index_t rows,
+               const row_matrix<T>& st, row_matrix<T>& out) const {
+    p.product(rows, features, b->v.cols(), [&] {
+      if (own) {
+        detail::fp32::product({&phi(r0, 0), rows, phi.cols(), 1},
+                              {st.data(), st.rows(), st.cols(), st.cols()}, out.data(),
+                              out.cols(), /*accumulate=*/false);
+      } else {
+        out.topRows(rows).noalias() = phi.middleRows(r0, rows) * st;
+      }
+    });
+  }
+
+  /// A chunk's scores phi(Q_c) phi(K_c)^T and num += scores V_c: whole with Eigen, in bands of
+  /// 16 queries below the diagonal on performer's kernel.
+  void chunk(product_walk& p, lane& l, index_t c, index_t rows, index_t v0) const {
+    const row_matrix<T>& v = b->v;
+    if (!own) {
+      p.product(rows, features, rows, [&] {
+        l.scores.topLeftCorner(rows, rows).noalias() =
+            l.phi_q.middleRows(c, rows) * l.phi_k.middleRows(c, rows).transpose();
+      });
+      p.product(rows, rows, v.cols(), [&] {
+        l.num.topRows(rows).noalias() +=
+            l.scores.topLeftCorner(rows, rows) * v.middleRows(v0, rows);
+      });
+      return;
+    }
+    for (index_t i0 = 0; i0 < rows; i0 += 16) {
+      const index_t keys = std::min(i0 + 16, rows);
+      p.product(keys - i0, features, keys, [&] {
+        detail::fp32::product({&l.phi_q(c + i0, 0), keys - i0, features, 1},
+                              {l.phi_k_t.data() + c, features, keys, l.phi_k_t.cols()},
+                              &l.scores(i0, 0), l.scores.cols(), /*accumulate=*/false);
+      });
+    }
+    for (index_t i0 = 0; i0 < rows; i0 += 16) {
+      const index_t keys = std::min(i0 + 16, rows);
+      p.product(keys - i0, keys, v.cols(), [&] {
+        detail::fp32::product({&l.scores(i0, 0), keys - i0, l.scores.cols(), 1},
+                              {&v(v0, 0), keys, v.cols(), v.cols()}, &l.num(i0, 0),
+                              l.num.cols());
       });
     }
   }
 
   void walk(product_walk& p) {
     const index_t n = b->q.rows();
-    const index_t dv = b->v.cols();
     const index_t blocks = (n + options.block - 1) / options.block;
     if (!causal) {
       const index_t s = segments(n);
@@ -237,13 +307,12 @@ struct favor_products {
         const index_t q0 = blk * options.block;
         const index_t rows = std::min(options.block, n - q0);
         project(p, b->q, q0, rows, l.phi_q);
-        p.product(rows, features, dv,
-                  [&] { l.num.topRows(rows).noalias() = l.phi_q.topRows(rows) * states[0]; });
+        carried(p, l.phi_q, 0, rows, states[0], l.num);
       });
       return;
     }
-    // Causal: every block maps its queries and keys once; per chunk the masked product, its
-    // product with V, the carried product and the fold.
+    // Causal: every block maps its queries and keys once; per chunk the carried product, the
+    // masked product and its product with V, and the fold.
     p.for_items(blocks, true, [&](index_t blk, index_t ln) {
       lane& l = lanes[ln];
       row_matrix<T>& st = states[ln];
@@ -254,18 +323,9 @@ struct favor_products {
       project(p, b->k, b0, block_rows, l.phi_k);
       for (index_t c = 0; c < block_rows; c += options.chunk) {
         const index_t rows = std::min(options.chunk, block_rows - c);
-        const auto v = b->v.middleRows(b0 + c, rows);
-        p.product(rows, features, dv,
-                  [&] { l.num.topRows(rows).noalias() = l.phi_q.middleRows(c, rows) * st; });
-        p.product(rows, features, rows, [&] {
-          l.scores.topLeftCorner(rows, rows).noalias() =
-              l.phi_q.middleRows(c, rows) * l.phi_k.middleRows(c, rows).transpose();
-        });
-        p.product(rows, rows, dv, [&] {
-          l.num.topRows(rows).noalias() += l.scores.topLeftCorner(rows, rows) * v;
-        });
-        p.product(features, rows, dv,
-                  [&] { st.noalias() += l.phi_k.middleRows(c, rows).transpose() * v; });
+        carried(p, l.phi_q, c, rows, st, l.num);
+        chunk(p, l, c, rows, b0 + c);
+        fold(p, l.phi_k, c, b0 + c, rows, st);
       }
     });
   }
@@ -277,9 +337,13 @@ template <class Map, class Sampler>
 auto ceiling_for(const favor_attention<T, Map, Sampler, T>& a,
                  std::shared_ptr<const head_buffers> b, bool causal,
                  const typename favor_attention<T, Map, Sampler, T>::workspace_type&) {
-  auto c = std::make_shared<favor_products>();
+  auto c = std::make_shared<favor_product_ceiling>();
   c->b = std::move(b);
-  if constexpr (Map::uses_projection) c->w = a.projection().matrix();
+  if constexpr (Map::uses_projection) {
+    c->w = a.projection().matrix();
+    c->w_t = a.projection().transposed();
+  }
+  c->own = a.own_products();
   c->features = a.feature_count();
   c->options = a.options();
   c->causal = causal;

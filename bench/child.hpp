@@ -175,6 +175,26 @@ std::pair<double, double> square_bf16_gflops(index_t size, bf16_backend backend,
   return square_product_gflops(size, product, cpu_seconds, runs);
 }
 
+/// The same for C = A B on performer's float kernel (detail::fp32::product, which
+/// favor_attention<float> runs where the CPU has AVX-512F), A's rows split as above. The kernel
+/// reads A and B where they lie: nothing is packed.
+template <class Clock>
+std::pair<double, double> square_fp32_gflops(index_t size, Clock cpu_seconds, int runs = 5) {
+  const row_matrix<T> a = conformance::random_matrix<T>(size, size, 11);
+  const row_matrix<T> b = conformance::random_matrix<T>(size, size, 12);
+  row_matrix<T> c(size, size);
+  constexpr index_t panel = 96;
+  const auto product = [&] {
+    detail::parallel_for((size + panel - 1) / panel, [&](index_t p, index_t /*lane*/) {
+      const index_t r0 = p * panel;
+      detail::fp32::product({&a(r0, 0), std::min(panel, size - r0), size, 1},
+                            {b.data(), size, size, size}, &c(r0, 0), size,
+                            /*accumulate=*/false);
+    });
+  };
+  return square_product_gflops(size, product, cpu_seconds, runs);
+}
+
 /// Square sizes the machine peak is measured at; the peak is the best of their medians, so
 /// that no single size's packing or cache fit sets it.
 inline constexpr index_t peak_sizes[] = {512, 1024, 2048};
@@ -197,14 +217,25 @@ void print_peak(const std::string& prefix, Measure&& measure) {
             << "peak_cpu=" << best_cpu;
 }
 
-/// Child: square GEMMs at each peak size on this thread count; the peak is the best median, in
-/// wall time and in CPU time. Then, where the CPU has bfloat16 instructions, the same with
-/// bfloat16 products on the backend favor_bf16 runs (bf16_backend::automatic; bf16_peak_*):
-/// the portable backend's rate is no machine peak.
+/// Child: square float products at each peak size on this thread count, Eigen's GEMM and,
+/// where the CPU has AVX-512F, performer's float kernel (eigen_* and own_*); the peak is the
+/// best median of either, in wall time and in CPU time. Then, where the CPU has bfloat16
+/// instructions, the same with bfloat16 products on the backend favor_bf16 runs
+/// (bf16_backend::automatic; bf16_peak_*): the portable backend's rate is no machine peak.
 inline int run_peak_child(int threads) {
   set_threads(threads);
   std::cout << std::setprecision(9);
-  print_peak("", [](index_t size) { return square_gemm_gflops(size, cpu_seconds); });
+  const bool own = detail::fp32::avx512_available();
+  print_peak("", [own](index_t size) {
+    auto best = square_gemm_gflops(size, cpu_seconds);
+    std::cout << " eigen_wall_" << size << "=" << best.first;
+    if (own) {
+      const auto kernel = square_fp32_gflops(size, cpu_seconds);
+      std::cout << " own_wall_" << size << "=" << kernel.first;
+      best = {std::max(best.first, kernel.first), std::max(best.second, kernel.second)};
+    }
+    return best;
+  });
   const bf16_backend backend = bf16_resolve(bf16_backend::automatic);
   if (backend != bf16_backend::portable) {
     print_peak("bf16_",

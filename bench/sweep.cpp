@@ -289,7 +289,8 @@ int main(int argc, char** argv) {
             << "machine fp32 GEMM peak: "
             << (facts.peak_gflops > 0
                     ? performer::bench::fixed(facts.peak_gflops, 1) +
-                          " GFLOP/s, the best median of 5 square float GEMMs with Eigen, " +
+                          " GFLOP/s, the best median of 5 square float products, with Eigen or (where "
+                          "the CPU has AVX-512F) performer's kernel, " +
                           std::to_string(facts.threads) +
                           (facts.threads == 1 ? " thread" : " threads") + ", by " +
                           (facts.by_cpu ? "CPU" : "wall") + " time (size: GFLOP/s " + peak_sizes +
