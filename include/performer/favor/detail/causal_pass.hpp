@@ -255,23 +255,21 @@ struct causal_pass {
       running = std::max(running, static_cast<Acc>(log_k(i)));
       shift(i) = running;
     }
-    if constexpr (float_sums) {
-      if (fp32_kernels()) {
-        fp32_chunk_sums(t0, r0, rows, blk, lane);
-        return;
+    if (!fp32_scores(r0, rows, blk, lane)) {
+      if constexpr (uses_own_products) {
+        const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
+        const auto phi_k_rows = lane.phi_k.middleRows(r0, rows);
+        const auto& phi_k = as_accumulator<Acc>(phi_k_rows, lane.cast_k);
+        scores.noalias() = phi_q * phi_k.transpose();
+      } else {
+        products.scores(phi_q_rows, lane.phi_k.middleRows(r0, rows), scores);
       }
     }
-    const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
-    if constexpr (uses_own_products) {
-      const auto phi_k_rows = lane.phi_k.middleRows(r0, rows);
-      const auto& phi_k = as_accumulator<Acc>(phi_k_rows, lane.cast_k);
-      scores.noalias() = phi_q * phi_k.transpose();
-    } else {
-      products.scores(phi_q_rows, lane.phi_k.middleRows(r0, rows), scores);
-    }
     weigh_scores(r0, rows, blk, lane);
-    const auto v_chunk = v.middleRows(t0, rows);
-    blk.num.middleRows(r0, rows).noalias() = scores * as_accumulator<Acc>(v_chunk, lane.cast_v);
+    if (!fp32_values(t0, r0, rows, blk, lane)) {
+      const auto v_chunk = v.middleRows(t0, rows);
+      blk.num.middleRows(r0, rows).noalias() = scores * as_accumulator<Acc>(v_chunk, lane.cast_v);
+    }
     blk.den.segment(r0, rows).noalias() = scores.rowwise().sum();
   }
 
@@ -296,15 +294,18 @@ struct causal_pass {
     }
   }
 
-  /// chunk_sums' products on performer's float kernels, which read every operand where it lies
-  /// (the keys' features from their transpose, made once per block in map_block) and skip what
-  /// lies above the diagonal: in bands of 16 queries, band [i0, i0 + 16) takes the keys
-  /// [0, i0 + 16) only, 3/4 of the C x C scores and of A V_c at C = 32 (docs/algorithms.md §11).
-  void fp32_chunk_sums(index_t t0, index_t r0, index_t rows, block_type& blk,
-                       lane_type& lane) const {
-    // For float sums only: an explicit instantiation of a double pass compiles every member.
+  /// The chunk's products on performer's float kernels read every operand where it lies (the
+  /// keys' features from their transpose, made once per block in map_block) and skip what lies
+  /// above the diagonal: in bands of 16 queries, band [i0, i0 + 16) takes the keys [0, i0 + 16)
+  /// only, 3/4 of the C x C products at C = 32 (docs/algorithms.md §11). Each returns whether
+  /// it ran; the members compile for float only, as an explicit instantiation of a double pass
+  /// compiles every member.
+  static constexpr index_t band = 16;
+
+  /// The chunk's scores phi(Q_c) phi(K_c)^T, when the pass's own products are the kernels.
+  bool fp32_scores(index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
     if constexpr (float_sums) {
-      constexpr index_t band = 16;
+      if (!fp32_kernels()) return false;
       const index_t m = blk.phi_q.cols();
       auto scores = lane.scores.topLeftCorner(rows, rows);
       for (index_t i0 = 0; i0 < rows; i0 += band) {
@@ -313,15 +314,28 @@ struct causal_pass {
                       {lane.phi_k_t.data() + r0, m, keys, lane.phi_k_t.cols()}, &scores(i0, 0),
                       scores.outerStride(), /*accumulate=*/false);
       }
-      weigh_scores(r0, rows, blk, lane);
+      return true;
+    }
+    return false;
+  }
+
+  /// The chunk's A V_c, float in every pass on float data: when the attention's products are
+  /// the kernels, and always in favor_bf16_attention's causal pass, whose other products are
+  /// bfloat16 (the kernel's portable code gives the same bits, so its bits do not depend on
+  /// whether the CPU runs AVX-512F).
+  bool fp32_values(index_t t0, index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<Acc, float>) {
+      if (uses_own_products && !a.own_products()) return false;
+      auto scores = lane.scores.topLeftCorner(rows, rows);
       for (index_t i0 = 0; i0 < rows; i0 += band) {
         const index_t keys = std::min(i0 + band, rows);
         fp32::product({&scores(i0, 0), keys - i0, scores.outerStride(), 1},
                       {v.data() + t0 * v.outerStride(), keys, v.cols(), v.outerStride()},
                       &blk.num(r0 + i0, 0), blk.num.cols(), /*accumulate=*/false);
       }
-      blk.den.segment(r0, rows).noalias() = scores.rowwise().sum();
+      return true;
     }
+    return false;
   }
 
   /// The chunk's keys join the block's state, at the chunk's last shift.
