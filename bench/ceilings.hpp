@@ -213,7 +213,7 @@ struct favor_product_ceiling {
                row_matrix<T>& phi) {
     if (w.rows() == 0) return;
     p.product(rows, x.cols(), w.rows(), [&] {
-      if (own) {
+      if (own && w_t.size() > 0) {
         detail::fp32::product({&x(r0, 0), rows, x.cols(), 1},
                               {w_t.data(), w_t.rows(), w_t.cols(), w_t.cols()}, phi.data(),
                               phi.cols(), /*accumulate=*/false);
@@ -276,16 +276,17 @@ struct favor_product_ceiling {
       });
       return;
     }
-    for (index_t i0 = 0; i0 < rows; i0 += 16) {
-      const index_t keys = std::min(i0 + 16, rows);
+    constexpr index_t band = detail::causal_band;
+    for (index_t i0 = 0; i0 < rows; i0 += band) {
+      const index_t keys = std::min(i0 + band, rows);
       p.product(keys - i0, features, keys, [&] {
         detail::fp32::product({&l.phi_q(c + i0, 0), keys - i0, features, 1},
                               {l.phi_k_t.data() + c, features, keys, l.phi_k_t.cols()},
                               &l.scores(i0, 0), l.scores.cols(), /*accumulate=*/false);
       });
     }
-    for (index_t i0 = 0; i0 < rows; i0 += 16) {
-      const index_t keys = std::min(i0 + 16, rows);
+    for (index_t i0 = 0; i0 < rows; i0 += band) {
+      const index_t keys = std::min(i0 + band, rows);
       p.product(keys - i0, keys, v.cols(), [&] {
         detail::fp32::product({&l.scores(i0, 0), keys - i0, l.scores.cols(), 1},
                               {&v(v0, 0), keys, v.cols(), v.cols()}, &l.num(i0, 0),
@@ -339,10 +340,9 @@ auto ceiling_for(const favor_attention<T, Map, Sampler, T>& a,
                  const typename favor_attention<T, Map, Sampler, T>::workspace_type&) {
   auto c = std::make_shared<favor_product_ceiling>();
   c->b = std::move(b);
-  if constexpr (Map::uses_projection) {
-    c->w = a.projection().matrix();
-    c->w_t = a.projection().transposed();
-  }
+  if constexpr (Map::uses_projection) c->w = a.projection().matrix();
+  // The kernel projects on performer's kernel only for a map whose projection it can take.
+  if constexpr (projected_feature_map<Map, T>) c->w_t = a.projection().transposed();
   c->own = a.own_products();
   c->features = a.feature_count();
   c->options = a.options();

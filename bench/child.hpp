@@ -225,7 +225,7 @@ void print_peak(const std::string& prefix, Measure&& measure) {
 inline int run_peak_child(int threads) {
   set_threads(threads);
   std::cout << std::setprecision(9);
-  const bool own = detail::fp32::avx512_available();
+  const bool own = detail::avx512f_available();
   print_peak("", [own](index_t size) {
     auto best = square_gemm_gflops(size, cpu_seconds);
     std::cout << " eigen_wall_" << size << "=" << best.first;

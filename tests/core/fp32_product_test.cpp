@@ -112,7 +112,7 @@ TEST(Fp32Product, WithoutAccumulateCIsNotReadAndColumnsPastItAreLeftAlone) {
 
 TEST(Fp32Product, Avx512GivesThePortableBits) {
 #ifdef PERFORMER_FP32_X86
-  if (!detail::fp32::avx512_available()) GTEST_SKIP() << "this CPU does not run AVX-512F";
+  if (!detail::avx512f_available()) GTEST_SKIP() << "this CPU does not run AVX-512F";
   std::mt19937 gen(9);
   int compared = 0;
   // Rows through every tile height and its remainders; columns through every group of column

@@ -133,8 +133,7 @@ class favor_attention {
         options.backward_chunk, ") and parallel_block_work (", options.parallel_block_work,
         ") must be positive, wave_blocks (", options.wave_blocks, ") at least 0");
     own_products_ = std::is_same_v<T, float> && std::is_same_v<Acc, float> &&
-                    options.products == favor_products::automatic &&
-                    detail::fp32::avx512_available();
+                    options.products == favor_products::automatic && detail::avx512f_available();
   }
 
   [[nodiscard]] const projection_type& projection() const noexcept { return projection_; }
@@ -185,7 +184,9 @@ class favor_attention {
 
  private:
   // The backward (favor/favor_gradient.hpp) maps features and folds key states with the
-  // helpers below, so that it recomputes exactly what the forward computed.
+  // helpers below, so that its features and states are exactly the forward's (its own
+  // products, such as the normalisers it recomputes, are Eigen's and may differ in the last
+  // bits from a forward on performer's kernels).
   friend struct attention_gradient<favor_attention>;
   // The causal path (favor/detail/causal_pass.hpp) uses the same helpers.
   template <class, class>
@@ -254,7 +255,7 @@ class favor_attention {
     }
     const auto fold = [&](auto phi_w) {
       phi_w.array().colwise() *= weights.array();
-      if constexpr (std::is_same_v<Acc, float>) {
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<Acc, float>) {
         if (own_products_) {
           // S += phi_w^T v: the features' transpose read in place (row_step 1).
           detail::fp32::product({phi_w.data(), phi_w.cols(), 1, phi_w.outerStride()},

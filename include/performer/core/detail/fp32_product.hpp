@@ -2,7 +2,8 @@
 /// @brief C += A B in float, every product added to its sum by one fused multiply-add, along the
 /// depth in order: performer's AVX-512 kernel, which reads both operands where they lie (Eigen
 /// copies them into panels first), and a portable twin with std::fma that gives the same bits
-/// (docs/algorithms.md §11).
+/// for every result that is not a NaN (which NaN a sum of NaNs keeps is the hardware's and the
+/// compiler's choice) (docs/algorithms.md §11).
 #pragma once
 
 #include <algorithm>
@@ -39,8 +40,9 @@ struct rhs_view {
 
 /// c (a.rows x b.cols, row-major, leading dimension ldc) += a b, or = a b without `accumulate`,
 /// in standard C++: c_ij = fma(a_ip, b_pj, c_ij) for p = 0, 1, ... (from c_ij = +0 without
-/// `accumulate`). The depth goes in the outer loop so that the compiler vectorises along b's
-/// rows; each sum still takes its products in order.
+/// `accumulate`). The depth goes in the outer loop, so that where the build has FMA
+/// instructions (x86-64-v3) g++ -O3 vectorises along b's rows; without them each product is a
+/// call to fmaf. Each sum still takes its products in order.
 inline void product_portable(const lhs_view& a, const rhs_view& b, float* c, index_t ldc,
                              bool accumulate = true) {
   if (!accumulate) {
@@ -164,12 +166,10 @@ PERFORMER_FP32_TARGET inline void product_avx512(const lhs_view& a, const rhs_vi
 #undef PERFORMER_FP32_TARGET
 #endif
 
-/// Whether product() runs the AVX-512 kernel here.
-[[nodiscard]] inline bool avx512_available() noexcept { return avx512f_available(); }
-
 /// c (a.rows x b.cols floats, row-major, leading dimension ldc >= b.cols) += a b, a being
 /// a.rows x b.depth; without `accumulate`, c = a b (c's old contents are not read). The AVX-512
-/// kernel where the CPU runs it, else the portable code: the same bits either way. Time
+/// kernel where the CPU runs it, else the portable code: the same bits either way, NaNs aside
+/// (a NaN stays a NaN). Time
 /// O(rows depth cols); allocates nothing.
 inline void product(const lhs_view& a, const rhs_view& b, float* c, index_t ldc,
                     bool accumulate = true) {
@@ -179,7 +179,7 @@ inline void product(const lhs_view& a, const rhs_view& b, float* c, index_t ldc,
     return;
   }
 #ifdef PERFORMER_FP32_X86
-  if (avx512_available()) {
+  if (avx512f_available()) {
     product_avx512(a, b, c, ldc, accumulate);
     return;
   }

@@ -38,6 +38,10 @@ struct causal_block {
   std::vector<favor_state<Acc>> states;
 };
 
+/// Queries per band of a chunk's products on performer's float kernels (causal_pass::
+/// fp32_scores): band [i0, i0 + 16) sees keys [0, i0 + 16). The benchmarks' ceiling reads it.
+inline constexpr index_t causal_band = 16;
+
 /// The causal pass's fold and carried product as favor_attention computes them: Eigen products
 /// in Acc. favor_bf16_attention passes bf16::state_products instead.
 struct own_products {};
@@ -60,7 +64,9 @@ struct own_products {};
  *
  * Products: the O(N M d_v) two, the fold of a chunk's keys into the state and the carried
  * product phi(Q_c) [S z], and the chunk's scores phi(Q_c) phi(K_c)^T run as Products says
- * (own_products: Attention's own); the chunk's A V_c stays Attention's.
+ * (own_products: Attention's own, on performer's float kernels when its own_products() says
+ * so); the chunk's A V_c is float, on those kernels when they run or Products is not
+ * own_products, else Eigen's.
  */
 template <class Attention, class Products = own_products>
 struct causal_pass {
@@ -224,9 +230,7 @@ struct causal_pass {
     a.features_of(map, k, b0, rows, lane.phi_k, lane.log_k, &mask);
     // The chunks' scores read the keys' features as the right operand, M x keys, before the
     // fold weights them in place.
-    if constexpr (float_sums) {
-      if (fp32_kernels()) transpose_keys(rows, lane);
-    }
+    if (fp32_kernels()) transpose_keys(rows, lane);
     blk.states[0].reset(a.feature_count(), v.cols());
   }
 
@@ -300,7 +304,7 @@ struct causal_pass {
   /// only, 3/4 of the C x C products at C = 32 (docs/algorithms.md §11). Each returns whether
   /// it ran; the members compile for float only, as an explicit instantiation of a double pass
   /// compiles every member.
-  static constexpr index_t band = 16;
+  static constexpr index_t band = causal_band;
 
   /// The chunk's scores phi(Q_c) phi(K_c)^T, when the pass's own products are the kernels.
   bool fp32_scores(index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
