@@ -58,12 +58,17 @@ namespace performer {
  *   adds the blocks' states in block order; on one thread they run in order. Either way every
  *   value is computed by the same operations, and query blocks are independent, so the result
  *   is the same, bit for bit, on any number of threads (and any wave width).
+ * - Products: with float data and sums, performer's own kernel where the CPU runs AVX-512F
+ *   (favor_options::products; docs/algorithms.md §11), which reads the operands where they lie
+ *   and skips the blocks above a chunk's diagonal; Eigen's otherwise. The two sum in other
+ *   orders, so their last bits differ.
  *
  * Complexity (M features, m = projection rows, B block rows, C chunk, W wave blocks, by
  * default the thread count): time
  * O(N m d + N M d_v) bidirectional, plus O(N C (M + d_v)) causal; workspace, independent of N,
  * O(threads B M + segments M d_v) bidirectional, O(threads (B M + C^2 + M d_v) +
- * W (B (M + d_v) + (B / C) M d_v)) causal (one block instead of W on one thread).
+ * W (B (M + d_v) + (B / C) M d_v)) causal (one block instead of W on one thread); the own
+ * kernel adds B (d_v + 1) per thread and M (d_v + 1) bidirectional, B M per thread causal.
  *
  * The projection is fixed between redraws: forward() is const and thread-safe with one
  * workspace per thread. To redraw every k training steps, call `projection().on_call()` once
