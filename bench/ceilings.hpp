@@ -276,23 +276,20 @@ struct favor_product_ceiling {
       });
       return;
     }
-    constexpr index_t band = detail::causal_band;
-    for (index_t i0 = 0; i0 < rows; i0 += band) {
-      const index_t keys = std::min(i0 + band, rows);
-      p.product(keys - i0, features, keys, [&] {
-        detail::fp32::product({&l.phi_q(c + i0, 0), keys - i0, features, 1},
+    detail::for_causal_bands(rows, [&](index_t i0, index_t queries, index_t keys) {
+      p.product(queries, features, keys, [&] {
+        detail::fp32::product({&l.phi_q(c + i0, 0), queries, features, 1},
                               {l.phi_k_t.data() + c, features, keys, l.phi_k_t.cols()},
                               &l.scores(i0, 0), l.scores.cols(), /*accumulate=*/false);
       });
-    }
-    for (index_t i0 = 0; i0 < rows; i0 += band) {
-      const index_t keys = std::min(i0 + band, rows);
-      p.product(keys - i0, keys, v.cols(), [&] {
-        detail::fp32::product({&l.scores(i0, 0), keys - i0, l.scores.cols(), 1},
+    });
+    detail::for_causal_bands(rows, [&](index_t i0, index_t queries, index_t keys) {
+      p.product(queries, keys, v.cols(), [&] {
+        detail::fp32::product({&l.scores(i0, 0), queries, l.scores.cols(), 1},
                               {&v(v0, 0), keys, v.cols(), v.cols()}, &l.num(i0, 0),
                               l.num.cols());
       });
-    }
+    });
   }
 
   void walk(product_walk& p) {

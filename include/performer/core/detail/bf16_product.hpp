@@ -21,6 +21,7 @@
 #include "../types.hpp"
 #include "aligned_buffer.hpp"
 #include "bf16_pack.hpp"
+#include "register_tiles.hpp"
 
 namespace performer::detail::bf16 {
 
@@ -149,15 +150,6 @@ PERFORMER_BF16_TARGET inline void product_tile(const lhs_view& a, const packed_r
   }
 }
 
-/// The rows of a tile of T column registers: as many as keep R T sums, T right-hand registers
-/// and one broadcast within the 32 registers, and at least 12 sums, the independent sums with
-/// which bench_bf16's instruction_rate reaches VDPBF16PS's rate. A lone register of sums (the
-/// den of [S z], 65 columns) ran its 6 rows at less than half the rate, taking half as long as
-/// the 64 columns before it (a Zen 5 profile of bench_favor_bf16 avx512_bf16/16384: 5.3% of
-/// the time against 11.7%).
-template <std::size_t T>
-inline constexpr std::size_t tile_rows = T >= 5 ? 5 : T == 4 ? 6 : T == 3 ? 8 : 12;
-
 /// The rows [i, a.rows) of column registers [t0, t0 + T) and pairs [p0, p1), in tiles of R
 /// rows, then of 8, 4, 2 and 1 below R: three or four tiles at most for the rest.
 template <std::size_t R, std::size_t T>
@@ -190,33 +182,17 @@ PERFORMER_BF16_TARGET inline void product_columns(const lhs_view& a, const packe
   }
 }
 
-/// Column registers in groups of 4, the last group of 2 to 5 (1 only when b has one register):
-/// no lone register of sums after a group of 4.
+/// Column registers in the groups for_column_groups makes.
 PERFORMER_BF16_TARGET inline void product_avx512(const lhs_view& a, const packed_rhs& b, float* c,
                                                  index_t ldc, bool accumulate = true) {
   const index_t registers = b.stride / 16;
   const index_t tail = b.cols - 16 * (registers - 1);  // columns in the last register, 1..16
   const auto full = static_cast<__mmask16>(0xFFFF);
   const auto last = static_cast<__mmask16>((1u << tail) - 1u);
-  index_t t = 0;
-  for (; registers - t > 5; t += 4) product_columns<4>(a, b, c, ldc, t, full, accumulate);
-  switch (registers - t) {
-    case 5:
-      product_columns<5>(a, b, c, ldc, t, last, accumulate);
-      break;
-    case 4:
-      product_columns<4>(a, b, c, ldc, t, last, accumulate);
-      break;
-    case 3:
-      product_columns<3>(a, b, c, ldc, t, last, accumulate);
-      break;
-    case 2:
-      product_columns<2>(a, b, c, ldc, t, last, accumulate);
-      break;
-    default:
-      product_columns<1>(a, b, c, ldc, t, last, accumulate);
-      break;
-  }
+  for_column_groups(registers, [&](auto width, index_t t, bool holds_last) {
+    product_columns<decltype(width)::value>(a, b, c, ldc, t, holds_last ? last : full,
+                                            accumulate);
+  });
 }
 #undef PERFORMER_BF16_TARGET
 

@@ -15,6 +15,7 @@
 #endif
 
 #include "../types.hpp"
+#include "register_tiles.hpp"
 #include "transpose.hpp"
 
 namespace performer::detail::fp32 {
@@ -96,15 +97,6 @@ PERFORMER_FP32_TARGET __attribute__((always_inline)) inline void product_tile(
   }
 }
 
-/// Rows per tile of T column registers: R T sums, T right-hand registers and a broadcast
-/// within the 32 registers, and at least 12 sums, twice the 2 x 4 an FMA's latency keeps in
-/// flight on two ports.
-template <std::size_t T>
-inline constexpr std::size_t tile_rows = T >= 5   ? 5
-                                         : T == 4 ? 6
-                                         : T == 3 ? 8
-                                                  : 12;
-
 /// Rows [i, a.rows) in tiles of R rows, then of 8, 4, 2 and 1 below R.
 template <std::size_t R, std::size_t T>
 PERFORMER_FP32_TARGET inline void product_rows(const lhs_view& a, const rhs_view& b, float* c,
@@ -135,33 +127,16 @@ PERFORMER_FP32_TARGET inline void product_columns(const lhs_view& a, const rhs_v
   }
 }
 
-/// Column registers in groups of 4, the last group of 2 to 5 (1 only when b has one register),
-/// so that no lone register of sums follows a group of 4.
+/// Column registers in the groups for_column_groups makes.
 PERFORMER_FP32_TARGET inline void product_avx512(const lhs_view& a, const rhs_view& b, float* c,
                                                  index_t ldc, bool accumulate = true) {
   const index_t registers = (b.cols + 15) / 16;
   const index_t tail = b.cols - 16 * (registers - 1);  // columns in the last register, 1..16
   const auto full = static_cast<__mmask16>(0xFFFF);
   const auto last = static_cast<__mmask16>((1u << tail) - 1u);
-  index_t t = 0;
-  for (; registers - t > 5; t += 4) product_columns<4>(a, b, c, ldc, t, full, accumulate);
-  switch (registers - t) {
-    case 5:
-      product_columns<5>(a, b, c, ldc, t, last, accumulate);
-      break;
-    case 4:
-      product_columns<4>(a, b, c, ldc, t, last, accumulate);
-      break;
-    case 3:
-      product_columns<3>(a, b, c, ldc, t, last, accumulate);
-      break;
-    case 2:
-      product_columns<2>(a, b, c, ldc, t, last, accumulate);
-      break;
-    default:
-      product_columns<1>(a, b, c, ldc, t, last, accumulate);
-      break;
-  }
+  for_column_groups(registers, [&](auto width, index_t t, bool holds_last) {
+    product_columns<decltype(width)::value>(a, b, c, ldc, t, holds_last ? last : full, accumulate);
+  });
 }
 #undef PERFORMER_FP32_TARGET
 #endif

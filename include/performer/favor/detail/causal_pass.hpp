@@ -38,9 +38,18 @@ struct causal_block {
   std::vector<favor_state<Acc>> states;
 };
 
-/// Queries per band of a chunk's products on performer's float kernels (causal_pass::
-/// fp32_scores): band [i0, i0 + 16) sees keys [0, i0 + 16). The benchmarks' ceiling reads it.
-inline constexpr index_t causal_band = 16;
+/// Calls band(i0, queries, keys) for the bands of 16 queries of a causal chunk of `rows`
+/// tokens: band [i0, i0 + queries) sees keys [0, keys), keys = i0 + queries, so a product over
+/// the band skips the blocks above the chunk's diagonal (causal_pass::fp32_scores and
+/// fp32_values; the benchmarks' ceiling counts the same products).
+template <class Band>
+void for_causal_bands(index_t rows, Band&& band) {
+  constexpr index_t width = 16;
+  for (index_t i0 = 0; i0 < rows; i0 += width) {
+    const index_t keys = std::min(i0 + width, rows);
+    band(i0, keys - i0, keys);
+  }
+}
 
 /// The causal pass's fold and carried product as favor_attention computes them: Eigen products
 /// in Acc. favor_bf16_attention passes bf16::state_products instead.
@@ -238,9 +247,7 @@ struct causal_pass {
   void transpose_keys(index_t rows, lane_type& lane) const {
     if constexpr (float_sums) {
       const index_t m = lane.phi_k.cols();
-      if (lane.phi_k_t.rows() != m || lane.phi_k_t.cols() != block()) {
-        lane.phi_k_t.resize(m, block());
-      }
+      lane.phi_k_t.resize(m, block());  // allocates only when the shape changes
       transpose_32(lane.phi_k.data(), m, m, rows, lane.phi_k_t.data(), block());
     }
   }
@@ -300,11 +307,9 @@ struct causal_pass {
 
   /// The chunk's products on performer's float kernels read every operand where it lies (the
   /// keys' features from their transpose, made once per block in map_block) and skip what lies
-  /// above the diagonal: in bands of 16 queries, band [i0, i0 + 16) takes the keys [0, i0 + 16)
-  /// only, 3/4 of the C x C products at C = 32 (docs/algorithms.md §11). Each returns whether
-  /// it ran; the members compile for float only, as an explicit instantiation of a double pass
-  /// compiles every member.
-  static constexpr index_t band = causal_band;
+  /// above the diagonal (for_causal_bands): 3/4 of the C x C products at C = 32
+  /// (docs/algorithms.md §11). Each returns whether it ran; the members compile for float
+  /// only, as an explicit instantiation of a double pass compiles every member.
 
   /// The chunk's scores phi(Q_c) phi(K_c)^T, when the pass's own products are the kernels.
   bool fp32_scores(index_t r0, index_t rows, block_type& blk, lane_type& lane) const {
@@ -312,12 +317,11 @@ struct causal_pass {
       if (!fp32_kernels()) return false;
       const index_t m = blk.phi_q.cols();
       auto scores = lane.scores.topLeftCorner(rows, rows);
-      for (index_t i0 = 0; i0 < rows; i0 += band) {
-        const index_t keys = std::min(i0 + band, rows);
-        fp32::product({&blk.phi_q(r0 + i0, 0), keys - i0, m, 1},
+      for_causal_bands(rows, [&](index_t i0, index_t queries, index_t keys) {
+        fp32::product({&blk.phi_q(r0 + i0, 0), queries, m, 1},
                       {lane.phi_k_t.data() + r0, m, keys, lane.phi_k_t.cols()}, &scores(i0, 0),
                       scores.outerStride(), /*accumulate=*/false);
-      }
+      });
       return true;
     }
     return false;
@@ -331,12 +335,11 @@ struct causal_pass {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<Acc, float>) {
       if (uses_own_products && !a.own_products()) return false;
       auto scores = lane.scores.topLeftCorner(rows, rows);
-      for (index_t i0 = 0; i0 < rows; i0 += band) {
-        const index_t keys = std::min(i0 + band, rows);
-        fp32::product({&scores(i0, 0), keys - i0, scores.outerStride(), 1},
+      for_causal_bands(rows, [&](index_t i0, index_t queries, index_t keys) {
+        fp32::product({&scores(i0, 0), queries, scores.outerStride(), 1},
                       {v.data() + t0 * v.outerStride(), keys, v.cols(), v.outerStride()},
                       &blk.num(r0 + i0, 0), blk.num.cols(), /*accumulate=*/false);
-      }
+      });
       return true;
     }
     return false;
@@ -385,18 +388,9 @@ struct causal_pass {
     auto earlier_den = lane.den.head(rows);
     if constexpr (uses_own_products) {
       const auto& phi_q = as_accumulator<Acc>(phi_q_rows, lane.cast_q);
-      bool done = false;
-      if constexpr (float_sums) {
-        if (fp32_kernels()) {
-          // Reads the state where it lies; Eigen would copy it into panels for every chunk.
-          fp32::product(
-              {phi_q_rows.data(), rows, phi_q_rows.outerStride(), 1},
-              {carried.sum.data(), carried.sum.rows(), carried.sum.cols(), carried.sum.cols()},
-              earlier_num.data(), earlier_num.outerStride(), /*accumulate=*/false);
-          done = true;
-        }
+      if (!fp32_carried(phi_q_rows, carried, earlier_num)) {
+        earlier_num.noalias() = phi_q * carried.sum;
       }
-      if (!done) earlier_num.noalias() = phi_q * carried.sum;
       earlier_den.noalias() = phi_q * carried.norm;
     } else {
       products.carried(phi_q_rows, carried, earlier_num, earlier_den);
@@ -409,6 +403,21 @@ struct causal_pass {
       num.row(i) = own * num.row(i) + earlier * earlier_num.row(i);
       den(i) = own * den(i) + earlier * earlier_den(i);
     }
+  }
+
+  /// num = phi(Q_c) S on the kernels, reading the state where it lies (Eigen copied it into
+  /// panels for every chunk), when the pass's own products are the kernels.
+  template <class PhiQ, class Num>
+  bool fp32_carried(const PhiQ& phi_q, const state_type& carried, Num& num) const {
+    if constexpr (float_sums) {
+      if (!fp32_kernels()) return false;
+      fp32::product(
+          {phi_q.data(), phi_q.rows(), phi_q.outerStride(), 1},
+          {carried.sum.data(), carried.sum.rows(), carried.sum.cols(), carried.sum.cols()},
+          num.data(), num.outerStride(), /*accumulate=*/false);
+      return true;
+    }
+    return false;
   }
 
   /// shifted_exp(x, shift) without the exponential in the common case x = shift (finite):
